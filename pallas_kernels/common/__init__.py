@@ -1,0 +1,1 @@
+"""Pieces shared by every token-mixing op: input checks, segment masks, platform dispatch."""

@@ -1,0 +1,38 @@
+"""The one place that knows which JAX version is running.
+
+gla-jax runs on JAX 0.10.2 (CPU dev machines, CI) and JAX 0.11.x (GPU machines). Every import or call
+whose spelling differs between them lives here; the rest of the code imports from this module.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+from jax.experimental import pallas as pl  # noqa: F401  (re-exported)
+from jax.experimental.pallas import tpu as pltpu  # noqa: F401
+from jax.experimental.pallas import triton as pltriton  # noqa: F401
+
+JAX_VERSION: tuple[int, ...] = tuple(int(p) for p in jax.__version__.split(".")[:3] if p.isdigit())
+
+
+def backend_platform() -> str:
+  """The default backend as one of "cpu", "gpu", "tpu" (CUDA and ROCm both read "gpu")."""
+  name = jax.default_backend().lower()
+  if name in ("cuda", "rocm", "gpu"):
+    return "gpu"
+  return name
+
+
+@functools.cache
+def tpu_interpret_params(detect_races: bool = True):
+  """`interpret=` value that runs a Mosaic TPU kernel on CPU with race and uninitialised-read checks."""
+  return pltpu.InterpretParams(detect_races=detect_races, uninitialized_memory="nan")
+
+
+def triton_compiler_params(num_warps: int, num_stages: int):
+  """Explicit Triton compiler params; without them JAX 0.10 lowers a GPU pallas_call to Mosaic GPU."""
+  return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+
+
+shard_map = jax.shard_map
