@@ -1,0 +1,16 @@
+"""Flax NNX layers of the GLA Transformer and the Transformer++ baseline (fla 0.6.0's math)."""
+
+from gla_jax.layers.activations import ACTIVATION_NAMES, get_activation
+from gla_jax.layers.attention import Attention, KVCache, rotary, segment_positions
+from gla_jax.layers.conv import ShortConvolution
+from gla_jax.layers.gla import GatedLinearAttention, GLALayerCache
+from gla_jax.layers.linear import dense, embedding
+from gla_jax.layers.mlp import GatedMLP, mlp_intermediate_size
+from gla_jax.layers.norm import GatedRMSNorm, RMSNorm
+from gla_jax.layers.sharding import LOGICAL_AXES, make_param, with_axes
+
+__all__ = [
+    "ACTIVATION_NAMES", "Attention", "GLALayerCache", "GatedLinearAttention", "GatedMLP",
+    "GatedRMSNorm", "KVCache", "LOGICAL_AXES", "RMSNorm", "ShortConvolution", "dense", "embedding",
+    "get_activation", "make_param", "mlp_intermediate_size", "rotary", "segment_positions", "with_axes",
+]

@@ -1,0 +1,150 @@
+"""The causal-LM skeleton shared by the GLA and Transformer++ models (fla's `GLAForCausalLM` layout).
+
+    h = embeddings[ids]
+    for each block:  h = h + mixer(RMSNorm(h));  h = h + SwiGLU(RMSNorm(h))
+    logits = RMSNorm(h) · W_head           (W_head = embeddingsᵀ when tie_word_embeddings)
+
+Decoding: `init_cache` / `prefill` / `decode_step` / `forward_with_cache` carry a `ModelCache` (one
+cache per layer, and the number of tokens seen); none of them mutate the module, so they jit as pure
+functions of (module, inputs, cache).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gla_jax.layers.linear import dense, embedding
+from gla_jax.layers.mlp import GatedMLP
+from gla_jax.layers.norm import RMSNorm
+
+_f32 = jnp.float32
+
+
+@flax.struct.dataclass
+class ModelCache:
+  """Decode-time state of a whole model."""
+
+  layers: tuple  # one cache per block (GLALayerCache or KVCache)
+  offset: jax.Array  # int32 []: tokens processed so far (the next token's position)
+
+
+class Block(nnx.Module):
+  """Pre-norm block: h + mixer(norm(h)), then + mlp(norm(·)). h [B, T, D] → [B, T, D]."""
+
+  def __init__(self, mixer: nnx.Module, config, *, rngs: nnx.Rngs):
+    dt, pdt = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+    D = config.hidden_size
+    self.attn_norm = RMSNorm(D, eps=config.norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
+    self.attn = mixer
+    self.mlp_norm = RMSNorm(D, eps=config.norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
+    self.mlp = GatedMLP(D, hidden_ratio=config.hidden_ratio, intermediate_size=config.intermediate_size,
+                        hidden_act=config.hidden_act, init_std=config.initializer_range, dtype=dt,
+                        param_dtype=pdt, rngs=rngs)
+
+  def __call__(self, h: jax.Array, *, segment_ids=None, cache=None, offset=None, return_cache=False):
+    o, new_cache = self.attn(self.attn_norm(h), segment_ids=segment_ids, cache=cache, offset=offset,
+                             return_cache=return_cache)
+    x, h = self.mlp_norm(o, h)  # fla's fused prenorm: norm(o + h), new residual o + h
+    return h + self.mlp(x), new_cache
+
+
+def _block_forward(block: Block, h: jax.Array, segment_ids):
+  return block(h, segment_ids=segment_ids)[0]
+
+
+class CausalLM(nnx.Module):
+  """Embeddings → blocks → final RMSNorm → lm_head. Subclasses provide `_make_mixer` and `_init_layer_cache`.
+
+  `model(input_ids [B, T] int, *, segment_ids [B, T] | None) -> logits float32 [B, T, vocab]`.
+  Params: embeddings.embedding [vocab, D] (vocab, embed); lm_head.kernel [D, vocab] (embed, vocab)
+  unless tied; every block's params as in `Block`.
+  """
+
+  def __init__(self, config, *, rngs: nnx.Rngs):
+    self.config = config
+    dt, pdt = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+    D, std = config.hidden_size, config.initializer_range
+    self.embeddings = embedding(config.vocab_size, D, init_std=std, dtype=dt, param_dtype=pdt, rngs=rngs)
+    self.layers = nnx.List([Block(self._make_mixer(i, rngs), config, rngs=rngs)
+                            for i in range(config.num_hidden_layers)])
+    self.norm = RMSNorm(D, eps=config.norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
+    self.lm_head = (None if config.tie_word_embeddings else
+                    dense(D, config.vocab_size, ("embed", "vocab"), init_std=std, dtype=dt,
+                          param_dtype=pdt, preferred_element_type=_f32, rngs=rngs))
+
+  # -- subclass hooks -----------------------------------------------------------------------------
+  def _make_mixer(self, layer_idx: int, rngs: nnx.Rngs) -> nnx.Module:
+    raise NotImplementedError
+
+  def _init_layer_cache(self, block: Block, batch_size: int, max_len: int | None) -> Any:
+    raise NotImplementedError
+
+  # -- pieces -------------------------------------------------------------------------------------
+  def _check_ids(self, input_ids, segment_ids=None) -> None:
+    if not hasattr(input_ids, "shape") or input_ids.ndim != 2:
+      raise ValueError(f"input_ids must be an int array [B, T], got shape {getattr(input_ids, 'shape', None)}")
+    if not jnp.issubdtype(input_ids.dtype, jnp.integer):
+      raise ValueError(f"input_ids must have an integer dtype, got {input_ids.dtype}")
+    if segment_ids is not None:
+      if segment_ids.shape != input_ids.shape:
+        raise ValueError(f"segment_ids must have the shape of input_ids {input_ids.shape}, got {segment_ids.shape}")
+      if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+        raise ValueError(f"segment_ids must have an integer dtype, got {segment_ids.dtype}")
+
+  def logits(self, h: jax.Array) -> jax.Array:
+    """Final hidden states [B, T, D] (after the final norm) → float32 logits [B, T, vocab]."""
+    if self.lm_head is None:
+      dt = jnp.dtype(self.config.dtype)
+      emb = self.embeddings.embedding[...].astype(dt)
+      return jnp.einsum("btd,vd->btv", h.astype(dt), emb, preferred_element_type=_f32)
+    return self.lm_head(h).astype(_f32)
+
+  def hidden_states(self, input_ids: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
+    """[B, T] token ids → final-normed hidden states [B, T, D] in the compute dtype."""
+    self._check_ids(input_ids, segment_ids)
+    h = self.embeddings(input_ids)
+    step = nnx.remat(_block_forward) if self.config.remat else _block_forward
+    for block in self.layers:
+      h = step(block, h, segment_ids)
+    return self.norm(h)
+
+  def __call__(self, input_ids: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
+    """input_ids int [B, T], segment_ids int [B, T] (packed documents) → logits float32 [B, T, vocab]."""
+    return self.logits(self.hidden_states(input_ids, segment_ids=segment_ids))
+
+  # -- decoding -----------------------------------------------------------------------------------
+  def init_cache(self, batch_size: int, max_len: int | None = None) -> ModelCache:
+    """An empty cache for `batch_size` rows (`max_len`: total tokens, needed by KV caches)."""
+    layers = tuple(self._init_layer_cache(b, batch_size, max_len) for b in self.layers)
+    return ModelCache(layers=layers, offset=jnp.zeros((), jnp.int32))
+
+  def forward_with_cache(self, input_ids: jax.Array, cache: ModelCache) -> tuple[jax.Array, ModelCache]:
+    """Continue from `cache` with T new tokens [B, T] → (logits float32 [B, T, vocab], updated cache)."""
+    self._check_ids(input_ids)
+    h = self.embeddings(input_ids)
+    new_layers = []
+    for block, layer_cache in zip(self.layers, cache.layers):
+      h, c = block(h, cache=layer_cache, offset=cache.offset, return_cache=True)
+      new_layers.append(c)
+    logits = self.logits(self.norm(h))
+    return logits, ModelCache(layers=tuple(new_layers), offset=cache.offset + input_ids.shape[1])
+
+  def prefill(self, input_ids: jax.Array, *, max_len: int | None = None) -> tuple[jax.Array, ModelCache]:
+    """Run a prompt [B, T] → (logits float32 [B, T, vocab], cache). KV caches hold `max_len` (default T)."""
+    self._check_ids(input_ids)
+    B, T = input_ids.shape
+    return self.forward_with_cache(input_ids, self.init_cache(B, max(T, max_len or T)))
+
+  def decode_step(self, token_ids: jax.Array, cache: ModelCache) -> tuple[jax.Array, ModelCache]:
+    """One token per row ([B] or [B, 1]) → (logits float32 [B, vocab], updated cache). O(1) for GLA."""
+    if token_ids.ndim == 1:
+      token_ids = token_ids[:, None]
+    if token_ids.ndim != 2 or token_ids.shape[1] != 1:
+      raise ValueError(f"token_ids must have shape [B] or [B, 1], got {token_ids.shape}")
+    logits, cache = self.forward_with_cache(token_ids, cache)
+    return logits[:, 0], cache
