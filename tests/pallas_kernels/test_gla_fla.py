@@ -19,13 +19,12 @@ from tests.pallas_kernels.gla_testing import NAMES, Case, make_inputs, outputs_a
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with torch
 
+# fla autotunes every kernel for each new (K, V, ...) key, for minutes; one head shape keeps the check short
 SHAPES = [
     Case(T=2048, K=128, V=128, B=2, H=4, gate="weak", h0=True),
-    Case(T=1000, K=64, V=128, B=2, H=4, gate="normal", h0=True),  # T not a multiple of 64, K ≠ V
-    Case(T=512, K=256, V=512, B=1, H=2, gate="weak", h0=False),  # the GLA 1.3B layer's head dims
-    Case(T=300, K=64, V=64, B=2, H=2, gate="strong", h0=True),
+    Case(T=1000, K=128, V=128, B=1, H=4, gate="normal", h0=True),  # T not a multiple of 64
+    Case(T=300, K=128, V=128, B=2, H=2, gate="strong", h0=True),
 ]
-
 
 def _fla_outputs_and_grads(case, q, k, v, g, h0, do, dht, dtype, cu_seqlens=None):
   torch = pytest.importorskip("torch")
@@ -82,7 +81,7 @@ def test_matches_fla(case, dtype):
 def test_packed_documents_match_fla_varlen():
   """Our segment_ids against fla's cu_seqlens (B = 1, no initial state): the same packed batch."""
   torch = pytest.importorskip("torch")
-  case = Case(T=700, K=64, V=64, B=1, H=4, gate="normal", h0=False, dtype="bfloat16")
+  case = Case(T=700, K=128, V=128, B=1, H=4, gate="normal", h0=False, dtype="bfloat16")
   q, k, v, g, _, _, do, dht = make_inputs(case)
   bounds = [0, 130, 131, 400, 700]
   seg = jnp.concatenate([jnp.full((1, b - a), i, jnp.int32)
