@@ -1,0 +1,164 @@
+"""GLA on NVIDIA GPUs: Pallas kernels lowered through Pallas' Triton backend, forward and backward.
+
+    o, final_state = chunk_gla_triton(q, k, v, g, scale=None, initial_state=None,
+                                      output_final_state=False, segment_ids=None, interpret=False)
+
+Registered as `chunk_gla(..., impl="triton")` and preferred by `impl="auto"` on GPUs. The stages mirror
+`chunk.py` by name (chunk_local_cumsum, chunk_state_pass, chunk_intra_attention, chunk_output,
+chunk_state_grad_pass, chunk_grads, chunk_gate_grad); five kernels implement them:
+
+  forward   `chunk_fwd` (triton_fwd.py)       stages 1–4 fused, sequential over chunks, state in registers
+  backward  `chunk_state_pass` (triton_fwd.py) stage 2 again: h entering each chunk → HBM
+            `chunk_state_grad_pass`           stage 5: dh leaving each chunk → HBM, and d initial_state
+            `chunk_grads_dv`                   stage 6 for dv (parallel over chunks)
+            `chunk_grads_dqk`                  stages 6–7 for dq, dk, dg (parallel over chunks)
+
+Every chunk (64 tokens) takes one of two exact decompositions (triton_common.py): "dense" (the whole
+chunk as one block, tensor-core matmuls only) while the chunk's decay span is below 40 nats, which holds
+for the usual gates (logsigmoid(x)/16 spans ~3); otherwise "two-level" (16-token sub-chunks, reference-row
+matmuls off the diagonal, float32 log space on diagonal blocks whose own span is large). Strong decay
+(g ≈ −20 per token) therefore stays exact, never overflows and keeps dg's cancellation-free structure.
+
+What the backward stores vs recomputes: the forward saves nothing but its inputs (q, k, v, g,
+initial_state, the document index); no states, no A. The backward recomputes h per chunk
+(`chunk_state_pass`, reading k, v, g once more) and materialises h and dh per chunk in float32,
+[B·H, N, K, V] each, for the chunk-parallel gradient kernels; A and dA are recomputed inside those
+kernels. At the GLA 1.3B layer shape (B=8, T=2048, H=4, K=256, V=512) the residuals are the inputs
+(q, k, v bf16 + g f32: 8·2048·4·(256·2·2 + 512·2 + 256·4) B = 192 MiB, already alive for the layer) and
+the backward's transient states are 2 × 8·4·32·256·512·4 B = 1 GiB (h and dh; 512 MiB with
+`state_dtype="bfloat16"`). Storing h from the forward instead would keep 512 MiB per layer alive until
+the backward (12 GiB for 24 layers) to save one read of k, v, g.
+
+Inputs: any T (padded to a multiple of 64 inside), any K and V in 16..512 (padded to a power of two up to
+64 and to a multiple of 64 above), bf16/fp16/f32 q, k, v (bf16 uses bf16 tensor-core operands, fp16 and
+f32 use f32 operands, f32 multiplies exactly), g float32 or the input dtype, float32 states.
+`chunk_size` is accepted for the op contract; the kernels always use 64-token chunks (the result does not
+depend on the chunk size).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.common.checks import CallInfo, check_gla_inputs, default_scale
+from pallas_kernels.common.segments import doc_index
+from pallas_kernels.gla import ops
+from pallas_kernels.gla.triton_bwd import chunk_grads_dqk, chunk_grads_dv, chunk_state_grad_pass
+from pallas_kernels.gla.triton_common import C, F32, PATHS, BlockSizes, KernelOptions, padded_dim
+from pallas_kernels.gla.triton_fwd import chunk_fwd, chunk_state_pass
+
+MAX_DIM = 512
+
+
+# ------------------------------------------------------------------------------------------------
+# custom_vjp over padded inputs
+# ------------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _chunk_gla(opts: KernelOptions, q, k, v, g, h0, doc):
+  return chunk_fwd(q, k, v, g, h0, doc, opts)
+
+
+def _chunk_gla_fwd_rule(opts, q, k, v, g, h0, doc):
+  o, ht = chunk_fwd(q, k, v, g, h0, doc, opts)
+  return (o, ht), (q, k, v, g, h0, doc)
+
+
+def _chunk_gla_bwd_rule(opts, residuals, cotangents):
+  q, k, v, g, h0, doc = residuals
+  do, dht = cotangents
+  do = do.astype(v.dtype)
+  hs = chunk_state_pass(k, v, g, h0, doc, opts)  # 2 (recomputed)
+  dhs, dh0 = chunk_state_grad_pass(q, do, g, dht.astype(F32), doc, opts)  # 5
+  dv = chunk_grads_dv(q, k, g, do, dhs, doc, opts)  # 6
+  dq, dk, dg = chunk_grads_dqk(q, k, g, v, do, hs, dhs, doc, opts)  # 6, 7
+  dh0 = None if h0 is None else dh0.astype(h0.dtype)
+  return dq, dk, dv, dg, dh0, None
+
+
+_chunk_gla.defvjp(_chunk_gla_fwd_rule, _chunk_gla_bwd_rule)
+
+
+# ------------------------------------------------------------------------------------------------
+# the op
+# ------------------------------------------------------------------------------------------------
+
+
+def _pad(x, axis: int, size: int, mode: str = "constant"):
+  if x.shape[axis] == size:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, widths, mode=mode)
+
+
+def chunk_gla_triton(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
+                     segment_ids=None, chunk_size=64, interpret: bool = False, path: str = "auto",
+                     block_sizes: BlockSizes | None = None, state_dtype: str = "float32"):
+  """Chunkwise GLA with Pallas Triton kernels (`chunk_gla`'s contract; see the module docstring).
+
+  Args:
+    q, k, g: [B, T, H, K]; v: [B, T, H, V]; any T, K and V in 16..512.
+    scale: defaults to K ** -0.5.
+    initial_state: [B, H, K, V] or None.
+    output_final_state: also return the state after the last token.
+    segment_ids: [B, T] int; the state restarts at every change of id.
+    chunk_size: accepted for the op contract (a multiple of 16); the kernels use 64.
+    interpret: run the same kernels in Pallas interpret mode (CPU tests).
+    path: "auto" (per chunk: dense when safe, else two-level); "dense", "two_level", "exact" force one
+      decomposition (tests; "dense" overflows under strong decay).
+    block_sizes: tile sizes / warps (default `BlockSizes.get_default`).
+    state_dtype: dtype of the per-chunk states the backward materialises.
+
+  Returns:
+    (o [B, T, H, V] in v.dtype, final_state [B, H, K, V] float32 or None); differentiable w.r.t. q, k,
+    v, g and initial_state.
+
+  Example:
+    >>> B, T, H, K, V = 2, 100, 2, 32, 48
+    >>> q = k = jnp.ones((B, T, H, K), jnp.float32); v = jnp.ones((B, T, H, V), jnp.float32)
+    >>> g = jnp.full((B, T, H, K), -0.1)
+    >>> o, ht = chunk_gla_triton(q, k, v, g, output_final_state=True, interpret=True)
+  """
+  info = check_gla_inputs(q, k, v, g, scale=scale, initial_state=initial_state,
+                          segment_ids=segment_ids, chunk_size=chunk_size)
+  reason = check_call(info)
+  if reason is not None:
+    raise ValueError(reason)
+  if path not in PATHS:
+    raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+  B, T, H, K, V = info.B, info.T, info.H, info.K, info.V
+  Tp, Kp, Vp = -(-T // C) * C, padded_dim(K), padded_dim(V)
+  blocks = block_sizes or BlockSizes.get_default(B, H, Kp, Vp)
+  opts = KernelOptions(scale=default_scale(scale, K), B=B, H=H, T=Tp, K=Kp, V=Vp,
+                       dtype=jnp.dtype(q.dtype).name, g_dtype=jnp.dtype(g.dtype).name,
+                       has_h0=initial_state is not None, has_seg=segment_ids is not None,
+                       blocks=blocks, path=path, interpret=interpret, state_dtype=state_dtype)
+  # zero padding is inert: k = v = 0 adds nothing to the state, g = 0 does not decay it
+  pad_k = lambda x: _pad(_pad(x, 1, Tp), 3, Kp)
+  qp, kp, gp = pad_k(q), pad_k(k), pad_k(g)
+  vp = _pad(_pad(v, 1, Tp), 3, Vp)
+  h0 = None
+  if initial_state is not None:
+    h0 = _pad(_pad(initial_state.astype(F32), 2, Kp), 3, Vp)
+  doc = None
+  if segment_ids is not None:  # padding continues the last document
+    doc = _pad(doc_index(segment_ids), 1, Tp, mode="edge")
+  o, ht = _chunk_gla(opts, qp, kp, vp, gp, h0, doc)
+  o = o[:, :T, :, :V]
+  return o, (ht[:, :, :K, :V] if output_final_state else None)
+
+
+def check_call(info: CallInfo) -> str | None:
+  """Why the Triton kernels cannot serve a call (None if they can)."""
+  if info.K > MAX_DIM or info.V > MAX_DIM:
+    return f"K and V must be at most {MAX_DIM}, got K={info.K}, V={info.V}"
+  return None
+
+
+ops.register(ops.Implementation("triton", chunk_gla_triton, platforms=frozenset({"gpu"}),
+                                check=check_call))

@@ -1,0 +1,348 @@
+"""In-kernel building blocks shared by the GLA Pallas Triton kernels (`triton_fwd.py`, `triton_bwd.py`).
+
+Everything here runs *inside* a kernel body on tiles loaded from refs: the chunk-local cumsum of the gates
+(stage 1 of `chunk.py`), the document masks of a chunk, the blocks of the two-level intra-chunk attention
+(stage 3) and the few matmul flavours the kernels use. Triton tensors cannot be sliced or concatenated in
+registers, so a chunk of C = 64 rows is handled as a Python list of sub-chunk tiles loaded separately; every
+loop over sub-chunks, pairs of sub-chunks and K tiles is unrolled at trace time.
+
+Two decompositions of a chunk share one generic code path, parameterised by the sub-chunk size S:
+* S = 64 ("dense"): the whole chunk is one block; A = (q ⊙ e^{G−G_0})(k ⊙ e^{G_0−G})ᵀ is one matmul. Safe
+  only while every exponent stays small: the k factor is at most e^{span} with span = max_d Σ_{r≥1} −g_rd
+  over the chunk. The kernels take this path when span < `threshold` (40: factors ≤ 2.4e17).
+* S = 16 ("two-level", GLA paper §4.3): off-diagonal 16×16 blocks use the first row n_i of the query
+  sub-chunk as reference, A_ij = (q_i ⊙ e^{G_i−G_{n_i}})(k_j ⊙ e^{G_{n_i}−G_j})ᵀ with both factors ≤ 1
+  (always safe); a diagonal block uses the same one-matmul form when its own 16-row span is small and
+  otherwise the exact float32 log-space form Σ_d q_td k_sd e^{G_td−G_sd} (a [16, 16, W] tensor).
+Either way the result is the same function; the choice only trades tensor-core work for exponentials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from pallas_kernels import compat
+
+pl = compat.pl
+
+C = 64  # chunk: rows per state step in every kernel
+S_FINE = 16  # sub-chunk of the two-level path (and the minimum Triton dot size)
+F32 = jnp.float32
+PATHS = ("auto", "dense", "two_level", "exact")
+
+
+def _pow2_at_least(n: int) -> int:
+  return 1 << max(0, math.ceil(math.log2(n)))
+
+
+def padded_dim(d: int) -> int:
+  """K or V as the kernels see it: a power of two up to 64, a multiple of 64 above."""
+  return max(16, _pow2_at_least(d)) if d <= 64 else -(-d // 64) * 64
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+  """Tile sizes and Triton launch parameters of the five kernels (all static)."""
+
+  fwd_bk: int  # chunk_fwd: K tile of the carried state (static loop over K / fwd_bk)
+  fwd_bv: int  # chunk_fwd: V tile = grid axis
+  fwd_warps: int
+  state_bk: int  # chunk_state_pass / chunk_state_grad_pass: both K and V are grid axes
+  state_bv: int
+  state_warps: int
+  dv_bk: int  # chunk_grads_dv: K loop tile
+  dv_bv: int  # chunk_grads_dv: V tile = grid axis
+  dv_warps: int
+  dqk_bk: int  # chunk_grads_dqk: K tile = grid axis (also the width of the exact [16, 16, W] blocks)
+  dqk_bv: int  # chunk_grads_dqk: V loop tile
+  dqk_warps: int
+  num_stages: int = 2
+
+  @classmethod
+  def get_default(cls, B: int, H: int, K: int, V: int) -> "BlockSizes":
+    """K, V already padded (`padded_dim`). Keeps the carried state ≤ 16K floats per program and the
+    sequential forward at ≥ ~2 programs per SM of an H100 where the V tiling allows it."""
+    bk = min(K, 64)
+    bv = min(V, 64, max(16, 16384 // K))
+    while bv > 32 and B * H * (V // bv) < 264:
+      bv //= 2
+    sbk, sbv = min(K, 64), min(V, 64)
+    while sbv > 16 and B * H * (K // sbk) * (V // sbv) < 264:
+      sbv //= 2
+    return cls(fwd_bk=bk, fwd_bv=bv, fwd_warps=4,
+               state_bk=sbk, state_bv=sbv, state_warps=4,
+               dv_bk=min(K, 64), dv_bv=min(V, 64), dv_warps=4,
+               dqk_bk=min(K, 32), dqk_bv=min(V, 64), dqk_warps=4)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelOptions:
+  """Static facts of one call; hashable (the custom_vjp's non-differentiable argument)."""
+
+  scale: float
+  B: int
+  H: int
+  T: int  # padded to a multiple of C
+  K: int  # padded (`padded_dim`)
+  V: int
+  dtype: str  # q/k/v dtype name
+  g_dtype: str
+  has_h0: bool
+  has_seg: bool
+  blocks: BlockSizes
+  path: str = "auto"  # "auto" | "dense" | "two_level" | "exact" (the last three for tests)
+  threshold: float = 40.0
+  interpret: bool = False
+  state_dtype: str = "float32"  # dtype of the per-chunk states the backward materialises
+
+  @property
+  def N(self) -> int:
+    return self.T // C
+
+  @property
+  def dot_dtype(self):
+    """Matmul operand dtype: bf16 inputs use bf16 tensor-core products; fp16 and f32 use f32 operands
+    (fp16 cannot hold the decay factors e^{±40}; f32 inputs are multiplied exactly)."""
+    return jnp.dtype(jnp.bfloat16) if self.dtype == "bfloat16" else jnp.dtype(F32)
+
+  def compiler_params(self, num_warps: int):
+    return compat.triton_compiler_params(num_warps=num_warps, num_stages=self.blocks.num_stages)
+
+
+# ------------------------------------------------------------------------------------------------
+# matmuls
+# ------------------------------------------------------------------------------------------------
+
+
+def _dot_general(a, b, ta: bool, tb: bool, precision):
+  dims = (((0 if ta else 1,), (1 if tb else 0,)), ((), ()))
+  return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=F32)
+
+
+def mm(a, b, opts: KernelOptions, ta: bool = False, tb: bool = False):
+  """aᵀ?·bᵀ? on the tensor cores: operands in `opts.dot_dtype`, float32 accumulation."""
+  dt = opts.dot_dtype
+  a, b = a.astype(dt), b.astype(dt)
+  if opts.interpret and dt != F32:
+    # XLA:CPU lacks some bf16×bf16→f32 dots; products of bf16 numbers are exact in f32
+    a, b = a.astype(F32), b.astype(F32)
+  exact = a.dtype == F32 and (opts.interpret or opts.dtype == "float32")
+  return _dot_general(a, b, ta, tb, lax.Precision.HIGHEST if exact else lax.Precision.DEFAULT)
+
+
+def mm_sum(mask, x, opts: KernelOptions, tm: bool = False):
+  """mask @ x for a 0/1 `mask` (a masked prefix/suffix sum) at ~float32 accuracy on the tensor cores:
+  the mask is exact in bf16, x is split into two bf16 halves (≈16 significant bits)."""
+  mask = mask.astype(F32)
+  if opts.interpret or opts.dtype == "float32":
+    return _dot_general(mask, x, tm, False, lax.Precision.HIGHEST)
+  bf = jnp.bfloat16
+  hi = x.astype(bf)
+  lo = (x - hi.astype(F32)).astype(bf)
+  m = mask.astype(bf)
+  return (_dot_general(m, hi, tm, False, lax.Precision.DEFAULT)
+          + _dot_general(m, lo, tm, False, lax.Precision.DEFAULT))
+
+
+# ------------------------------------------------------------------------------------------------
+# loads, masks
+# ------------------------------------------------------------------------------------------------
+
+
+def load(ref, r0, nr: int, c0, nc: int, dtype=F32):
+  """ref[r0:r0+nr, c0:c0+nc] as `dtype` (rows and columns may be traced offsets)."""
+  return ref[pl.ds(r0, nr), pl.ds(c0, nc)].astype(dtype)
+
+
+def rows(mask, x):
+  """x with the rows where `mask` ([R, 1] bool or None) is False zeroed."""
+  return x if mask is None else jnp.where(mask, x, 0.0)
+
+
+def iota2(shape, dim):
+  return lax.broadcasted_iota(jnp.int32, shape, dim)
+
+
+def causal(S: int, strict: bool = False):
+  """[S, S] bool, t ≥ s (t > s if strict)."""
+  t, s = iota2((S, S), 0), iota2((S, S), 1)
+  return t > s if strict else t >= s
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkDocs:
+  """Document masks of one chunk at sub-chunk granularity (chunk.py's `DocMasks` for one chunk)."""
+
+  d: tuple  # per sub-chunk [S] int32 document index
+  prev: jax.Array  # document of the token before the chunk (0 before the first: initial_state's)
+  last: jax.Array  # document of the chunk's last token
+
+  def row_in(self, i):  # row t still in the chunk's first document: reads the carried state
+    return (self.d[i] == self.prev)[:, None]
+
+  def row_out(self, i):  # row s in the chunk's last document: feeds the outgoing state
+    return (self.d[i] == self.last)[:, None]
+
+  @property
+  def carry(self):  # no document starts inside the chunk: the state decays into the next one
+    return self.last == self.prev
+
+  def same(self, i, j):  # [S, S] rows of sub-chunks i, j in one document
+    return self.d[i][:, None] == self.d[j][None, :]
+
+
+def chunk_docs(doc_ref, t0, S: int, has_seg: bool) -> ChunkDocs | None:
+  """doc_ref: [T] document index of the row (whole sequence); t0: the chunk's first row."""
+  if not has_seg:
+    return None
+  d = tuple(doc_ref[pl.ds(t0 + i * S, S)] for i in range(C // S))
+  prev = jnp.where(t0 > 0, doc_ref[jnp.maximum(t0 - 1, 0)], 0)
+  return ChunkDocs(d=d, prev=prev, last=doc_ref[t0 + C - 1])
+
+
+def row_in(docs, i):
+  return None if docs is None else docs.row_in(i)
+
+
+def row_out(docs, i):
+  return None if docs is None else docs.row_out(i)
+
+
+def carry_mask(docs, x):
+  return x if docs is None else jnp.where(docs.carry, x, 0.0)
+
+
+def block_mask(docs, i, j, S: int, strict: bool = False):
+  """Which entries of the (i, j) block of A (or dA) are live: causal on the diagonal, same document."""
+  m = causal(S, strict) if i == j else None
+  if docs is not None:
+    same = docs.same(i, j)
+    m = same if m is None else (m & same)
+  return m
+
+
+def masked(m, x):
+  return x if m is None else jnp.where(m, x, 0.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# stage 1: chunk_local_cumsum on one K tile of one chunk
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TileGates:
+  """Chunk-relative cumsums of one K tile (width W), per sub-chunk; float32."""
+
+  G: tuple  # [S, W] Σ_{r ≤ t} g_r from the chunk start (inclusive)
+  Gn: tuple  # [1, W] G at the sub-chunk's first row n_i
+  Gl: tuple  # [1, W] G at the sub-chunk's last row
+  gam: jax.Array  # [W] Γ = Σ over the chunk
+
+  @property
+  def gam_row(self):
+    return self.gam[None, :]
+
+  @property
+  def gam_col(self):
+    return self.gam[:, None]
+
+
+def tile_gates(g_ref, r0, S: int, c0, W: int) -> TileGates:
+  """g_ref rows r0 .. r0 + C − 1 (one chunk), columns c0 .. c0 + W − 1."""
+  G, Gn, Gl = [], [], []
+  run = jnp.zeros((1, W), F32)
+  gam = jnp.zeros((W,), F32)
+  for i in range(C // S):
+    gi = load(g_ref, r0 + i * S, S, c0, W)
+    G.append(jnp.cumsum(gi, axis=0) + run)
+    Gn.append(run + load(g_ref, r0 + i * S, 1, c0, W))
+    part = jnp.sum(gi, axis=0)
+    gam = gam + part
+    run = run + part[None, :]
+    Gl.append(run)
+  return TileGates(G=tuple(G), Gn=tuple(Gn), Gl=tuple(Gl), gam=gam)
+
+
+def chunk_span(g_ref, r0, K: int, W: int):
+  """max_d Σ_{r ≥ 1} −g_rd over one chunk (rows r0 ..): the largest exponent the dense path would see."""
+  span = jnp.zeros((), F32)
+  for kt in range(K // W):
+    g = load(g_ref, r0, C, kt * W, W)
+    first = load(g_ref, r0, 1, kt * W, W)
+    span = jnp.maximum(span, jnp.max(first - jnp.sum(g, axis=0)[None, :]))
+  return span
+
+
+def choose_path(opts: KernelOptions, span, dense_fn, two_level_fn, *operands):
+  """Run the dense (S = 64) or the two-level (S = 16) version of a chunk step."""
+  if opts.path == "dense":
+    return dense_fn(*operands)
+  if opts.path in ("two_level", "exact"):
+    return two_level_fn(*operands)
+  return lax.cond(span < opts.threshold, dense_fn, two_level_fn, *operands)
+
+
+def diag_mode(opts: KernelOptions, S: int) -> str:
+  if S == C:
+    return "fast"
+  return "exact" if opts.path == "exact" else "auto"
+
+
+# ------------------------------------------------------------------------------------------------
+# stage 3: blocks of chunk_intra_attention
+# ------------------------------------------------------------------------------------------------
+
+
+def off_block(q_i, k_j, Gi, Gni, Gj, opts):
+  """A_ij for i > j: (q_i ⊙ e^{G_i − G_{n_i}})(k_j ⊙ e^{G_{n_i} − G_j})ᵀ, both factors ≤ 1."""
+  return mm(q_i * jnp.exp(Gi - Gni), k_j * jnp.exp(Gni - Gj), opts, tb=True)
+
+
+def diag_block_fast(q_i, k_i, Gi, Gni, opts):
+  """A_ii (unmasked) as one matmul with the sub-chunk's first row as reference (span must be small)."""
+  return mm(q_i * jnp.exp(Gi - Gni), k_i * jnp.exp(Gni - Gi), opts, tb=True)
+
+
+def _tri3(S: int, W: int, strict: bool):
+  t = lax.broadcasted_iota(jnp.int32, (S, S, W), 0)
+  s = lax.broadcasted_iota(jnp.int32, (S, S, W), 1)
+  return t > s if strict else t >= s
+
+
+def diag_block_exact(q_ref, k_ref, g_ref, r0, c0, W: int, scale: float):
+  """A_ii = Σ_d q_td k_sd e^{G_td − G_sd} (s ≤ t) in float32 log space over columns c0 .. c0 + W − 1,
+  16 columns at a time (a [16, 16, 16] tensor); rows r0 .. r0 + 15 of the refs."""
+  S = S_FINE
+  tri = _tri3(S, S, strict=False)
+
+  def body(u, acc):
+    c = c0 + u * S
+    q = load(q_ref, r0, S, c, S) * scale
+    k = load(k_ref, r0, S, c, S)
+    L = jnp.cumsum(load(g_ref, r0, S, c, S), axis=0)
+    E = jnp.exp(jnp.where(tri, L[:, None, :] - L[None, :, :], -jnp.inf))
+    return acc + jnp.sum(q[:, None, :] * k[None, :, :] * E, axis=2)
+
+  return lax.fori_loop(0, W // S, body, jnp.zeros((S, S), F32))
+
+
+def diag_A(mode: str, i: int, q, k, tg: TileGates, refs, r0, c0, W: int, opts):
+  """The (unmasked) diagonal block i of A for one K tile, by the chosen mode.
+
+  q, k: per sub-chunk [S, W] tiles (q scaled); refs = (q_ref, k_ref, g_ref) for the exact path, with
+  the sub-chunk's rows at r0 + i·S.
+  """
+  fast = lambda: diag_block_fast(q[i], k[i], tg.G[i], tg.Gn[i], opts)
+  if mode == "fast":
+    return fast()
+  exact = lambda: diag_block_exact(*refs, r0 + i * S_FINE, c0, W, opts.scale)
+  if mode == "exact":
+    return exact()
+  span = jnp.max(tg.Gn[i] - tg.Gl[i])
+  return lax.cond(span < opts.threshold, fast, exact)
