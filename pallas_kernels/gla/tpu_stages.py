@@ -1,0 +1,311 @@
+"""The chunk stages of `chunk.py`, rewritten for the inside of a Mosaic TPU kernel: one chunk of one head.
+
+Every function here works on *values* already loaded from VMEM (2-D, or 3-D with a leading sub-chunk axis),
+with shapes a TPU tiles well: tokens on sublanes, K / V padded to multiples of 128 on lanes. The carried
+state is kept **transposed**, hT = hᵀ [V, K], so that the per-channel decay e^Γ [1, K] is a row vector
+(broadcast over sublanes, no transpose of a vector) and every product is one of the three forms Mosaic's
+`tpu.matmul` takes (NN, NT = "A·Bᵀ", TN = "Aᵀ·B").
+
+Stage names follow `chunk.py` (DESIGN.md §2):
+
+  1 `chunk_local_cumsum`     prefix / suffix / sub-chunk sums of g as exact float32 mask products (MXU)
+  2 `chunk_state_update`     one step of `chunk_state_pass`: hT' = e^Γ ⊙ hT + vᵀ (k ⊙ e^R)
+  3 `chunk_intra_attention`  A: the causal C×C decay-weighted q·kᵀ (two-level: exact diagonal sub-blocks)
+  4 `chunk_output`           o = (q ⊙ e^G) h + A v
+  5 `chunk_state_grad_update` one step of `chunk_state_grad_pass`: dhT' = e^Γ ⊙ dhT + doᵀ (q ⊙ e^G)
+  6 `chunk_grads`            dq, dk, dv, and the gate's local term dG (s = t terms kept out)
+  7 `chunk_gate_grad`        dg = reverse cumsum of dG (restarting at document starts)
+                                  + exclusive forward cumsum of k ⊙ dk_inter + e^Γ Σ_v h ⊙ dh
+
+Numerics (why dg survives g ≈ −20): every exponent is ≤ 0; G, R, the sub-chunk prefix Gl and the
+diagonal-block exponents are *direct* sums of gates (never a difference of two chunk-level cumsums); the
+only difference taken is the off-diagonal key factor R_s − R_m (both direct suffix sums), whose error
+ε·|R_s| only touches pairs that are ≥ 2 tokens apart across a sub-chunk edge. The three cancellation-free
+choices of `chunk_grads` / `chunk_gate_grad` are kept as they are there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+_f32 = jnp.float32
+_bf16 = jnp.bfloat16
+NEG = -1e30  # exp(NEG) == 0: masks an exponent without ever forming inf
+
+NN = (((1,), (0,)), ((), ()))  # A · B
+NT = (((1,), (1,)), ((), ()))  # A · Bᵀ
+TN = (((0,), (0,)), ((), ()))  # Aᵀ · B
+
+
+def iota(shape, dim):
+  return jax.lax.broadcasted_iota(jnp.int32, shape, dim)
+
+
+def mxu(a, b, dims, compute_dtype):
+  """A matmul on the MXU: operands in the compute dtype, float32 accumulation (fp32 contract precision
+  when the compute dtype is float32)."""
+  cdt = jnp.dtype(compute_dtype)
+  precision = jax.lax.Precision.HIGHEST if cdt == _f32 else None
+  return jax.lax.dot_general(a.astype(cdt), b.astype(cdt), dims, precision=precision,
+                             preferred_element_type=_f32)
+
+
+def exact_mask_sum(mask, x):
+  """Σ_r mask[t, r] x[r] for a 0/1 `mask` [M, C] and float32 `x` [C, D], exact up to f32 accumulation.
+
+  x is split into three bfloat16 pieces (hi + mid + lo == x exactly, 8 + 8 + 8 significand bits); a 0/1
+  matrix is exact in bfloat16, so three bf16 MXU passes with f32 accumulation give every product exactly
+  (a HIGHEST-precision f32 matmul would take six). This is how the kernels take cumsums: Mosaic has no
+  cumsum, and the MXU is otherwise idle while the VPU does the exponentials.
+  """
+  m = jnp.where(mask, 1.0, 0.0).astype(_bf16)
+  hi = x.astype(_bf16)
+  rest = x - hi.astype(_f32)
+  mid = rest.astype(_bf16)
+  lo = (rest - mid.astype(_f32)).astype(_bf16)
+  out = None
+  for piece in (hi, mid, lo):
+    term = jax.lax.dot_general(m, piece, NN, preferred_element_type=_f32)
+    out = term if out is None else out + term
+  return out
+
+
+def _pow2_shift(n: int) -> int:
+  if n & (n - 1):
+    raise ValueError(f"sub_chunk must be a power of two, got {n}")
+  return n.bit_length() - 1
+
+
+# ------------------------------------------------------------------------------------------------
+# document masks of one chunk
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkMasks:
+  """Packed-document masks of one chunk (all None without segment_ids); see chunk.DocMasks."""
+
+  row_in: jax.Array | None = None  # [C, 1] row t still in the chunk's first document
+  row_out: jax.Array | None = None  # [C, 1] row s in the chunk's last document
+  carry: jax.Array | None = None  # [1, 1] no document starts inside the chunk
+  same_doc: jax.Array | None = None  # [C, C] rows t, s in one document
+
+
+def chunk_masks(doc_col, doc_row) -> ChunkMasks:
+  """doc_col [C, 1], doc_row [1, C]: the chunk's document index minus the document of the token before
+  the chunk (float32, so 0 ⇔ still in the first document; monotone)."""
+  if doc_col is None:
+    return ChunkMasks()
+  last = jnp.max(doc_row, axis=1, keepdims=True)  # [1, 1]
+  return ChunkMasks(row_in=doc_col == 0.0, row_out=doc_col == last, carry=last == 0.0,
+                    same_doc=doc_col == doc_row)
+
+
+def where(mask, x):
+  return x if mask is None else jnp.where(mask, x, 0.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# stage 1
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Gates:
+  """Stage 1's log-space sums of one chunk, float32 [C, K] unless noted."""
+
+  g: jax.Array  # the gates
+  G: jax.Array  # Σ_{r ≤ t} g_r            (inclusive prefix over the chunk)
+  R: jax.Array  # Σ_{r > t} g_r            (exclusive suffix over the chunk)
+  Gl: jax.Array  # Σ_{n_i ≤ r ≤ t} g_r     (inclusive prefix inside t's sub-chunk i, which starts at n_i)
+  Gamma: jax.Array  # [1, K] Σ_r g_r
+
+
+def chunk_local_cumsum(g, sub_chunk: int) -> Gates:
+  """Stage 1: g [C, K] (any float dtype) → the chunk's direct gate sums (one [3C, C] mask product)."""
+  g = g.astype(_f32)
+  C = g.shape[0]
+  sh = _pow2_shift(sub_chunk)
+  t, r = iota((C, C), 0), iota((C, C), 1)
+  incl = r <= t
+  masks = jnp.concatenate([incl, r > t, incl & ((r >> sh) == (t >> sh))], axis=0)
+  sums = exact_mask_sum(masks, g)
+  return Gates(g=g, G=sums[:C], R=sums[C:2 * C], Gl=sums[2 * C:],
+               Gamma=jnp.sum(g, axis=0, keepdims=True))
+
+
+# ------------------------------------------------------------------------------------------------
+# stages 2 and 5: one step of the inter-chunk recurrences (transposed state)
+# ------------------------------------------------------------------------------------------------
+
+
+def decayed_keys(k, gates: Gates, masks: ChunkMasks):
+  """k ⊙ e^{Γ − G} (= e^R), zero outside the chunk's last document: [C, K] float32."""
+  return where(masks.row_out, k.astype(_f32) * jnp.exp(gates.R))
+
+
+def decayed_queries(q_scaled, gates: Gates, masks: ChunkMasks):
+  """q ⊙ e^G, zero once a new document started in the chunk: [C, K] float32."""
+  return where(masks.row_in, q_scaled * jnp.exp(gates.G))
+
+
+def state_decay(gates: Gates, masks: ChunkMasks):
+  """e^Γ [1, K], zero if a document starts inside the chunk."""
+  return where(masks.carry, jnp.exp(gates.Gamma))
+
+
+def chunk_state_update(hT, k, v, gates: Gates, masks: ChunkMasks, compute_dtype):
+  """Stage 2 step: hT [V, K] entering the chunk → hT leaving it, float32."""
+  k_dec = decayed_keys(k, gates, masks)
+  return state_decay(gates, masks) * hT + mxu(v, k_dec, TN, compute_dtype)
+
+
+def chunk_state_grad_update(dhT, q_dec, do, gates: Gates, masks: ChunkMasks, compute_dtype):
+  """Stage 5 step: dhT [V, K] w.r.t. the state leaving the chunk → w.r.t. the state entering it."""
+  return state_decay(gates, masks) * dhT + mxu(do, q_dec, TN, compute_dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# stages 3 and 4: the intra-chunk block and the output
+# ------------------------------------------------------------------------------------------------
+
+
+def _diag_pass(q, k, g, sub_chunk: int, dA=None):
+  """The diagonal S×S sub-blocks, exactly in log space: A_ts = Σ_d q_td k_sd e^{Σ_{s<r≤t} g_rd}.
+
+  All sub-chunks at once ([ns, S, ·] views), one key offset s at a time, walking s downwards so that
+  the exponent E = Σ_{s<r≤t} g_r is accumulated directly (a sum of gates, never a difference).
+  Returns A's block diagonal [C, C]; with dA [C, C] also the strictly-causal (s < t) diagonal-block
+  parts of dq = Σ_s dA_ts k_s e^E and dk = Σ_t dA_ts q_t e^E, [C, K] each (the s = t terms are left to
+  the caller, see `chunk_grads`).
+  """
+  C, K = q.shape
+  S = sub_chunk
+  ns = C // S
+  q3, k3, g3 = (x.reshape(ns, S, K) for x in (q, k, g))
+  tK = iota((ns, S, K), 1)
+  tC = iota((ns, S, C), 1)
+  col = iota((ns, S, C), 2) - iota((ns, S, C), 0) * S  # column relative to the sub-chunk start
+  E = jnp.zeros((ns, S, K), _f32)
+  A3 = jnp.zeros((ns, S, C), _f32)
+  if dA is not None:
+    dA3 = dA.reshape(ns, S, C)
+    dq3 = jnp.zeros((ns, S, K), _f32)
+    dk3 = jnp.zeros((ns, S, K), _f32)
+  for s in reversed(range(S)):
+    if s < S - 1:
+      E = E + jnp.where(tK >= s + 1, g3[:, s + 1:s + 2, :], 0.0)
+    W = jnp.exp(E)  # e^{Σ_{s<r≤t} g_r}; 1 for t ≤ s (masked below)
+    kW = k3[:, s:s + 1, :] * W
+    at_col = col == s
+    a = jnp.sum(q3 * kW, axis=2, keepdims=True)  # [ns, S, 1]
+    A3 = jnp.where(at_col & (tC >= s), a, A3)
+    if dA is not None:
+      d = jnp.sum(jnp.where(at_col & (tC > s), dA3, 0.0), axis=2, keepdims=True)  # dA_ts, t > s
+      dq3 = dq3 + d * kW
+      dk_row = jnp.sum(d * q3 * W, axis=1, keepdims=True)  # [ns, 1, K]
+      dk3 = jnp.where(tK == s, dk_row, dk3)
+  A = A3.reshape(C, C)
+  if dA is None:
+    return A
+  return A, dq3.reshape(C, K), dk3.reshape(C, K)
+
+
+def _off_diag_factors(q_scaled, k, gates: Gates, i: int, sub_chunk: int):
+  """Factors of the sub-block row i (rows n..n+S−1) against every key s < n, both ≤ 1:
+
+      e^{Σ_{s<r≤t} g_r} = e^{Gl_t} · e^{R_s − R_m},   m = n − 1 (the last row before sub-chunk i)
+
+  Returns (QF = q_i ⊙ e^{Gl_i} [S, K], e^{Gl_i} [S, K], F = e^{R_s − R_m} masked to s ≤ m [C, K]).
+  """
+  C, K = k.shape
+  n = i * sub_chunk
+  eGl = jnp.exp(gates.Gl[n:n + sub_chunk])
+  F = jnp.exp(jnp.where(iota((C, K), 0) < n, gates.R - gates.R[n - 1:n], NEG))
+  return q_scaled[n:n + sub_chunk] * eGl, eGl, F
+
+
+def chunk_intra_attention(q_scaled, k, gates: Gates, masks: ChunkMasks, sub_chunk: int,
+                          compute_dtype):
+  """Stage 3: A [C, C] float32, A_ts = Σ_d q_td k_sd e^{G_td − G_sd} for s ≤ t in one document."""
+  C, _ = q_scaled.shape
+  S = sub_chunk
+  k32 = k.astype(_f32)
+  A = _diag_pass(q_scaled, k32, gates.g, S)
+  rows = [jnp.zeros((S, C), _f32)]
+  for i in range(1, C // S):
+    QF, _, F = _off_diag_factors(q_scaled, k32, gates, i, S)
+    rows.append(mxu(QF, k32 * F, NT, compute_dtype))
+  if len(rows) > 1:
+    A = A + jnp.concatenate(rows, axis=0)
+  return where(masks.same_doc, A)
+
+
+def chunk_output(q_dec, v, hT, A, compute_dtype):
+  """Stage 4: o = (q ⊙ e^G) h + A v, [C, V] float32 (q_dec from `decayed_queries`)."""
+  return mxu(q_dec, hT, NT, compute_dtype) + mxu(A, v, NN, compute_dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# stages 6 and 7: gradients of one chunk
+# ------------------------------------------------------------------------------------------------
+
+
+def chunk_grads(q_scaled, k, v, do, gates: Gates, hT, dhT, masks: ChunkMasks, sub_chunk: int,
+                compute_dtype):
+  """Stage 6 (see chunk.chunk_grads): dq (w.r.t. the scaled q), dk, dv, dG, dk_inter, float32.
+
+  hT: the state entering the chunk, dhT: the gradient w.r.t. the state leaving it, both [V, K].
+  dG = q ⊙ dq − k ⊙ dk_intra *without* the s = t terms (they cancel exactly; in float32 they would
+  cancel O(1) numbers and swamp dg at strong decay), and without the inter dk term (stage 7 adds it as
+  an exclusive cumsum).
+  """
+  C, K = q_scaled.shape
+  S = sub_chunk
+  ns = C // S
+  k32 = k.astype(_f32)
+  t, s = iota((C, C), 0), iota((C, C), 1)
+  dA = where(masks.same_doc, jnp.where(s <= t, mxu(do, v, NT, compute_dtype), 0.0))
+  A, dq_intra, dk_intra = _diag_pass(q_scaled, k32, gates.g, S, dA)
+  A_rows, dq_rows = [jnp.zeros((S, C), _f32)], [jnp.zeros((S, K), _f32)]
+  for i in range(1, ns):
+    n = i * S
+    QF, eGl, F = _off_diag_factors(q_scaled, k32, gates, i, S)
+    KF = k32 * F
+    dA_i = dA[n:n + S]
+    A_rows.append(mxu(QF, KF, NT, compute_dtype))
+    dq_rows.append(mxu(dA_i, KF, NN, compute_dtype) * eGl)
+    dk_intra = dk_intra + F * mxu(dA_i, QF, TN, compute_dtype)
+  if ns > 1:
+    A = A + jnp.concatenate(A_rows, axis=0)
+    dq_intra = dq_intra + jnp.concatenate(dq_rows, axis=0)
+  A = where(masks.same_doc, A)
+  eG = where(masks.row_in, jnp.exp(gates.G))
+  k_dec = decayed_keys(k32, gates, masks)
+  dv = mxu(A, do, TN, compute_dtype) + mxu(k_dec, dhT, NT, compute_dtype)
+  dq_inter = mxu(do, hT, NN, compute_dtype) * eG
+  dk_inter = where(masks.row_out, mxu(v, dhT, NN, compute_dtype) * jnp.exp(gates.R))
+  dG = q_scaled * (dq_inter + dq_intra) - k32 * dk_intra
+  dA_self = jnp.sum(jnp.where(s == t, dA, 0.0), axis=1, keepdims=True)  # [C, 1]
+  dq = dq_inter + dq_intra + dA_self * k32
+  dk = dk_inter + dk_intra + dA_self * q_scaled
+  return dq, dk, dv, dG, dk_inter
+
+
+def chunk_gate_grad(k, gates: Gates, hT, dhT, dG, dk_inter, masks: ChunkMasks):
+  """Stage 7 (see chunk.chunk_gate_grad): dg [C, K] float32, each kind of term summed once.
+
+  * through q: Σ_{t ≥ r, same document} dG_t, a reverse cumsum restarting at document starts;
+  * through k: Σ_{s < r} k_s ⊙ dk_inter_s, an exclusive forward cumsum;
+  * through the carried state: e^Γ ⊙ Σ_v h ⊙ dh (every gate of the chunk).
+  """
+  C = dG.shape[0]
+  t, r = iota((C, C), 0), iota((C, C), 1)
+  later = r >= t if masks.same_doc is None else (r >= t) & masks.same_doc
+  through_q = exact_mask_sum(later, dG)
+  through_k = exact_mask_sum(r < t, k.astype(_f32) * dk_inter)
+  through_state = state_decay(gates, masks) * jnp.sum(hT.astype(_f32) * dhT, axis=0, keepdims=True)
+  return through_q + through_k + through_state
