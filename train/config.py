@@ -1,0 +1,320 @@
+"""Training configuration: one frozen dataclass tree, loaded from `configs/<name>.py`, overridable by `--set`.
+
+A config file defines `get_config() -> TrainConfig`; the `TrainConfig` contains the model config (one source
+of truth for the architecture). Overrides are dotted paths into that tree,
+`--set optim.lr=1e-3 model.num_hidden_layers=2 mesh.fsdp=2`, parsed by the field's declared type and applied
+with `dataclasses.replace`; an unknown key or a value of the wrong type raises `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import importlib.util
+import os
+import sys
+import types
+import typing
+from typing import Any, Literal
+
+import numpy as np
+
+
+class ConfigError(ValueError):
+  """A bad config file, override or config value; the CLI prints it without a traceback."""
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MeshConfig:
+  """Device mesh over the axes (data, fsdp, tensor); -1 means "the devices left over" (at most one -1)."""
+
+  data: int = -1  # data-parallel replicas: batch split, params replicated
+  fsdp: int = 1  # fully-sharded data parallel: batch split AND params/optimizer state split (ZeRO-3)
+  tensor: int = 1  # tensor parallel: heads, MLP width and vocab split; batch replicated
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+  """AdamW with linear warmup then cosine decay, global-norm clipping and a weight-decay mask."""
+
+  lr: float = 3e-4  # peak learning rate, reached after `warmup_steps`
+  warmup_steps: int = 100  # linear warmup from 0
+  min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
+  b1: float = 0.9  # Adam beta1
+  b2: float = 0.95  # Adam beta2
+  eps: float = 1e-8  # Adam epsilon
+  weight_decay: float = 0.1  # decoupled decay on matrices only (not norms, biases or embeddings)
+  clip_norm: float = 1.0  # clip the global gradient norm to this (0 turns clipping off)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MQARConfig:
+  """Multi-query associative recall (Zoology): key-value pairs, then queries of the keys at power-law gaps."""
+
+  num_kv_pairs: int = 8  # pairs in the context (keys unique per example)
+  power_a: float = 0.01  # query gap distribution p(gap = g) ∝ g^(a - 1): small a = mostly short gaps
+  random_filler: bool = True  # fill non-query positions with random tokens (Zoology's default) instead of 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TextConfig:
+  """Text LM data: a tfds array_record dataset over local files, read through grain, packed with EOS."""
+
+  corpus: str = "stdlib"  # "stdlib" (this interpreter's standard-library sources) or a directory of text files
+  glob: str = "**/*.py"  # which files of a directory corpus to take (sorted)
+  tokenizer: Literal["byte", "bpe"] = "byte"  # byte-level (nothing to download) or a BPE trained locally
+  bpe_vocab_size: int = 4096  # vocabulary of the locally trained BPE
+  data_dir: str = ""  # where tfds writes the dataset ("" = <workdir>/../data, shared by runs)
+  validation_every: int = 50  # every n-th file (by sorted path) goes to the validation split
+  shuffle_seed: int = 0  # document order; each epoch reshuffles
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+  """What the model is trained on; `batch_size` is global (all hosts, one optimizer step)."""
+
+  kind: Literal["mqar", "text", "synthetic"] = "mqar"  # synthetic = uniform random tokens (throughput only)
+  batch_size: int = 64  # sequences per optimizer step, over all hosts and micro-batches
+  seq_len: int = 128  # tokens per sequence
+  seed: int = 0  # data seed (MQAR/synthetic draws are a pure function of seed, step and row)
+  mqar: MQARConfig = dataclasses.field(default_factory=MQARConfig)
+  text: TextConfig = dataclasses.field(default_factory=TextConfig)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckpointConfig:
+  """Orbax checkpoints in `<workdir>/checkpoints`."""
+
+  every: int = 500  # save every this many steps (and always at the end); 0 = only at the end
+  keep: int = 3  # most recent checkpoints kept
+  async_save: bool = True  # write in a background thread while training goes on
+  resume: bool = True  # continue from the latest checkpoint in the workdir if there is one
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+  """Everything one training run needs. `model` is a `GLAConfig` or `TransformerConfig`."""
+
+  name: str  # run name; default workdir is runs/<name>
+  model: Any  # model config dataclass (gla_jax.models); its dtype / param_dtype / remat fields apply
+  steps: int = 1000  # optimizer steps
+  grad_accum: int = 1  # micro-batches per step (batch_size must divide by grad_accum * data * fsdp)
+  seed: int = 0  # parameter init seed
+  mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+  optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+  eval_every: int = 200  # evaluate every this many steps (and at the end); 0 = only at the end
+  eval_batches: int = 8  # batches per evaluation (held-out seed for MQAR, validation split for text)
+  log_every: int = 10  # JSONL / TensorBoard / progress-bar update interval in steps
+  workdir: str = ""  # "" = runs/<name>
+  progress: bool = True  # tqdm progress bar
+  tensorboard: bool = True  # also write TensorBoard event files (no TensorFlow needed)
+  plot: bool = True  # write a loss/accuracy PNG at the end
+
+  @property
+  def run_dir(self) -> str:
+    return self.workdir or os.path.join("runs", self.name)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def load_config(spec: str) -> TrainConfig:
+  """Config from a file path (`configs/mqar_gla.py`) or a bare name (`mqar_gla`) in the configs folder."""
+  path = spec
+  if not path.endswith(".py"):
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    path = os.path.join(here, spec + ".py")
+  if not os.path.isfile(path):
+    raise ConfigError(f"--config {spec!r}: no such file {path!r}; available: {', '.join(available_configs())}")
+  name = "gla_config_" + os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  sys.modules[name] = module
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"--config {path!r} defines no get_config()")
+  config = module.get_config()
+  if not isinstance(config, TrainConfig):
+    raise ConfigError(f"--config {path!r}: get_config() returned {type(config).__name__}, expected TrainConfig")
+  return config
+
+
+def available_configs() -> list[str]:
+  here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  if not os.path.isdir(here):
+    return []
+  return sorted(f[:-3] for f in os.listdir(here) if f.endswith(".py") and not f.startswith("_"))
+
+
+# ------------------------------------------------------------------------------------------------ overrides
+
+
+def apply_overrides(config: Any, overrides: list[str]) -> Any:
+  """Applies `key.sub=value` strings in order; values are parsed by the field's type."""
+  for item in overrides:
+    if "=" not in item:
+      raise ConfigError(f"--set {item!r}: expected key=value (e.g. optim.lr=1e-3)")
+    key, raw = item.split("=", 1)
+    config = _set_path(config, key.strip().split("."), raw.strip(), key.strip())
+  return config
+
+
+def _set_path(obj: Any, parts: list[str], raw: str, full_key: str) -> Any:
+  if not dataclasses.is_dataclass(obj):
+    raise ConfigError(f"--set {full_key}: {type(obj).__name__} has no sub-fields")
+  fields = {f.name: f for f in dataclasses.fields(obj)}
+  name = parts[0]
+  if name not in fields:
+    close = difflib.get_close_matches(name, fields, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"--set {full_key}: unknown key {name!r} in {type(obj).__name__}.{hint} "
+        f"Valid keys: {', '.join(sorted(fields))}")
+  current = getattr(obj, name)
+  if len(parts) > 1:
+    value = _set_path(current, parts[1:], raw, full_key)
+  else:
+    if dataclasses.is_dataclass(current):
+      raise ConfigError(f"--set {full_key}: {name!r} is a group; set one of its fields "
+                        f"({', '.join(f.name for f in dataclasses.fields(current))})")
+    hint = _type_hints(type(obj)).get(name, Any)
+    value = parse_value(raw, hint, current, full_key)
+  try:
+    return dataclasses.replace(obj, **{name: value})
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"--set {full_key}={raw}: {e}") from e
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+  try:
+    return typing.get_type_hints(cls)
+  except Exception:  # unresolvable forward references: fall back to the current value's type
+    return {}
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_value(raw: str, hint: Any, current: Any, key: str) -> Any:
+  """Parses `raw` as `hint` (or, without a usable hint, as the type of `current`)."""
+  origin = typing.get_origin(hint)
+  args = typing.get_args(hint)
+  if origin in (typing.Union, types.UnionType):
+    if raw.lower() in ("none", "null") and type(None) in args:
+      return None
+    errors = []
+    for arg in args:
+      if arg is type(None):
+        continue
+      try:
+        return parse_value(raw, arg, current, key)
+      except ConfigError as e:
+        errors.append(str(e))
+    raise ConfigError(f"--set {key}={raw}: expected {_type_name(hint)}")
+  if origin is Literal:
+    for choice in args:
+      if str(choice) == raw:
+        return choice
+    raise ConfigError(f"--set {key}={raw}: expected one of {', '.join(map(str, args))}")
+  if origin in (tuple, list):
+    items = [s.strip() for s in raw.strip("()[]").split(",") if s.strip()]
+    inner = args[0] if args else Any
+    return origin(parse_value(s, inner, None, key) for s in items)
+  if hint is Any or hint is None or isinstance(hint, (str, typing.TypeVar)):
+    if current is None:
+      return _literal(raw)
+    hint = type(current)
+  if _is_dtype(hint, current):
+    try:
+      import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+      dtype = jnp.dtype(raw)
+    except TypeError as e:
+      raise ConfigError(f"--set {key}={raw}: expected a dtype name (float32, bfloat16, ...)") from e
+    return dtype if not isinstance(current, type) else dtype.type
+  if hint is bool:
+    if raw.lower() in _TRUE:
+      return True
+    if raw.lower() in _FALSE:
+      return False
+    raise ConfigError(f"--set {key}={raw}: expected a bool (true/false)")
+  if hint is int:
+    try:
+      return int(raw.replace("_", ""))
+    except ValueError:
+      try:  # allow 1e4 for counts when it is integral
+        f = float(raw)
+        if f.is_integer():
+          return int(f)
+      except ValueError:
+        pass
+      raise ConfigError(f"--set {key}={raw}: expected an int") from None
+  if hint is float:
+    try:
+      return float(raw)
+    except ValueError:
+      raise ConfigError(f"--set {key}={raw}: expected a float") from None
+  if hint is str:
+    return raw
+  value = _literal(raw)
+  if isinstance(hint, type) and not isinstance(value, hint):
+    raise ConfigError(f"--set {key}={raw}: expected {_type_name(hint)}")
+  return value
+
+
+def _is_dtype(hint: Any, current: Any) -> bool:
+  if isinstance(current, np.dtype) or (isinstance(current, type) and issubclass(current, np.generic)):
+    return True
+  return hint is np.dtype or (isinstance(hint, type) and issubclass(hint, np.dtype))
+
+
+def _literal(raw: str) -> Any:
+  try:
+    return ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    return raw
+
+
+def _type_name(hint: Any) -> str:
+  return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+
+def validate(config: TrainConfig) -> None:
+  """Checks values that do not depend on the devices (the mesh is checked in train.mesh)."""
+  positive = {
+      "steps": config.steps, "grad_accum": config.grad_accum, "data.batch_size": config.data.batch_size,
+      "data.seq_len": config.data.seq_len, "eval_batches": config.eval_batches, "log_every": config.log_every,
+      "checkpoint.keep": config.checkpoint.keep,
+  }
+  for key, value in positive.items():
+    if value < 1:
+      raise ConfigError(f"{key}={value}: must be >= 1")
+  for key in ("data", "fsdp", "tensor"):
+    size = getattr(config.mesh, key)
+    if size == 0 or size < -1:
+      raise ConfigError(f"mesh.{key}={size}: must be a positive size or -1 (the devices left over)")
+  if config.data.batch_size % config.grad_accum:
+    raise ConfigError(f"data.batch_size={config.data.batch_size} must be a multiple of grad_accum={config.grad_accum}")
+  if config.optim.lr <= 0 or not 0 <= config.optim.min_lr_ratio <= 1:
+    raise ConfigError(f"optim.lr={config.optim.lr} must be > 0 and optim.min_lr_ratio in [0, 1]")
+  vocab = getattr(config.model, "vocab_size", None)
+  if vocab is None:
+    raise ConfigError(f"model: {type(config.model).__name__} has no vocab_size; expected a gla_jax model config")
+  if config.data.kind == "mqar":
+    mq = config.data.mqar
+    if 4 * mq.num_kv_pairs > config.data.seq_len:
+      raise ConfigError(
+          f"data.mqar.num_kv_pairs={mq.num_kv_pairs} needs data.seq_len >= {4 * mq.num_kv_pairs} "
+          f"(the context takes 2 tokens per pair and each query 2 slots)")
+    if vocab < 4 * mq.num_kv_pairs:
+      raise ConfigError(f"model.vocab_size={vocab} too small for {mq.num_kv_pairs} MQAR pairs "
+                        f"(keys and values come from halves of the vocabulary)")
