@@ -46,8 +46,9 @@ class TpuOptions:
 
   scale: float
   chunk_size: int = 64  # C, tokens per block along T (a multiple of 16)
-  sub_chunk: int = 16  # S, the exact log-space diagonal blocks (a power of two dividing C)
+  sub_chunk: int = 8  # S, the exact log-space diagonal blocks (a power of two dividing C)
   compute_dtype: str = "float32"  # MXU operand dtype (the inputs'); accumulation is always float32
+  heads_per_block: int = 1  # heads handled by one grid step (independent work for the VLIW scheduler)
   has_initial_state: bool = False
   has_segments: bool = False
   interpret: bool = False  # run in Pallas' TPU interpreter (CPU tests)
@@ -71,18 +72,19 @@ class _Dims:
   C: int
   Kp: int
   Vp: int
+  hb: int  # heads per block
 
 
 def _specs(d: _Dims, reverse: bool):
-  """BlockSpecs of a (B, H, N) grid; `reverse` walks the chunks from the last one."""
+  """BlockSpecs of a (B, H / hb, N) grid; `reverse` walks the chunks from the last one."""
   last = d.N - 1
   chunk = (lambda n: last - n) if reverse else (lambda n: n)
-  tokens = lambda D: pl.BlockSpec((None, d.C, D), lambda b, h, n: (b, chunk(n), h))
+  tokens = lambda D: pl.BlockSpec((None, d.C, d.hb * D), lambda b, h, n: (b, chunk(n), h))
   return dict(
       k=tokens(d.Kp),
       v=tokens(d.Vp),
-      state=pl.BlockSpec((None, None, d.Vp, d.Kp), lambda b, h, n: (b, h, 0, 0)),
-      chunk_state=pl.BlockSpec((None, None, None, d.Vp, d.Kp), lambda b, h, n: (b, h, chunk(n), 0, 0)),
+      state=pl.BlockSpec((None, d.hb, d.Vp, d.Kp), lambda b, h, n: (b, h, 0, 0)),
+      chunk_state=pl.BlockSpec((None, d.hb, None, d.Vp, d.Kp), lambda b, h, n: (b, h, chunk(n), 0, 0)),
       doc_col=pl.BlockSpec((None, d.C, 1), lambda b, h, n: (b, chunk(n), 0)),
       doc_row=pl.BlockSpec((None, None, 1, d.C), lambda b, h, n: (b, chunk(n), 0, 0)),
   )
@@ -93,9 +95,9 @@ def _call(kernel, opts: TpuOptions, d: _Dims, stage: str, name: str, in_specs, o
   params = pltpu.CompilerParams(
       dimension_semantics=("parallel", "parallel", "arbitrary"),
       vmem_limit_bytes=tpu_model.vmem_limit_bytes(stage, d.C, d.Kp, d.Vp,
-                                                  jnp.dtype(opts.compute_dtype).itemsize))
+                                                  jnp.dtype(opts.compute_dtype).itemsize, d.hb))
   interpret = compat.tpu_interpret_params(opts.detect_races) if opts.interpret else False
-  return pl.pallas_call(kernel, grid=(d.B, d.H, d.N), in_specs=in_specs, out_specs=out_specs,
+  return pl.pallas_call(kernel, grid=(d.B, d.H // d.hb, d.N), in_specs=in_specs, out_specs=out_specs,
                         out_shape=out_shape, scratch_shapes=scratch_shapes, compiler_params=params,
                         interpret=interpret, name=name)
 
@@ -131,22 +133,25 @@ def _fwd_kernel(*refs, opts: TpuOptions, states_only: bool):
                        else jnp.zeros(r["h_scr"].shape, _f32))
 
   masks = _masks(r["doc_col"], r["doc_row"])
-  gates = st.chunk_local_cumsum(r["g"][...], opts.sub_chunk)  # 1
-  k, v = r["k"][...], r["v"][...]
-  hT = r["h_scr"][...]
-  if states_only:
-    r["h"][...] = hT.astype(r["h"].dtype)
-  else:
-    q_scaled = r["q"][...].astype(_f32) * opts.scale
-    A = st.chunk_intra_attention(q_scaled, k, gates, masks, opts.sub_chunk, cdt)  # 3
-    q_dec = st.decayed_queries(q_scaled, gates, masks)
-    r["o"][...] = st.chunk_output(q_dec, v, hT, A, cdt).astype(r["o"].dtype)  # 4
-  hT = st.chunk_state_update(hT, k, v, gates, masks, cdt)  # 2
-  r["h_scr"][...] = hT
+  Kp, Vp = r["h_scr"].shape[2], r["h_scr"].shape[1]
+  for j in range(opts.heads_per_block):  # independent heads: the scheduler interleaves them
+    kc, vc = slice(j * Kp, (j + 1) * Kp), slice(j * Vp, (j + 1) * Vp)
+    gates = st.chunk_local_cumsum(r["g"][:, kc], opts.sub_chunk)  # 1
+    k, v = r["k"][:, kc], r["v"][:, vc]
+    hT = r["h_scr"][j]
+    if states_only:
+      r["h"][j] = hT.astype(r["h"].dtype)
+    else:
+      q_scaled = r["q"][:, kc].astype(_f32) * opts.scale
+      A = st.chunk_intra_attention(q_scaled, k, gates, masks, opts.sub_chunk, cdt)  # 3
+      q_dec = st.decayed_queries(q_scaled, gates, masks)
+      r["o"][:, vc] = st.chunk_output(q_dec, v, hT, A, cdt).astype(r["o"].dtype)  # 4
+    hT = st.chunk_state_update(hT, k, v, gates, masks, cdt)  # 2
+    r["h_scr"][j] = hT
   if not states_only:
     @pl.when(n == pl.num_programs(2) - 1)
     def _final():
-      r["ht"][...] = hT
+      r["ht"][...] = r["h_scr"][...]
 
 
 def chunk_fwd(opts: TpuOptions, d: _Dims, q, k, v, g, h0T, doc_col, doc_row):
@@ -162,7 +167,7 @@ def chunk_fwd(opts: TpuOptions, d: _Dims, q, k, v, g, h0T, doc_col, doc_row):
                jax.ShapeDtypeStruct((d.B, d.H, d.Vp, d.Kp), _f32))
   kernel = functools.partial(_fwd_kernel, opts=opts, states_only=False)
   return _call(kernel, opts, d, "fwd", "gla_chunk_fwd", in_specs, (sp["v"], sp["state"]), out_shape,
-               [pltpu.VMEM((d.Vp, d.Kp), _f32)])(*args)
+               [pltpu.VMEM((d.hb, d.Vp, d.Kp), _f32)])(*args)
 
 
 def chunk_state_pass(opts: TpuOptions, d: _Dims, k, v, g, h0T, doc_col, doc_row):
@@ -177,7 +182,7 @@ def chunk_state_pass(opts: TpuOptions, d: _Dims, k, v, g, h0T, doc_col, doc_row)
   out_shape = jax.ShapeDtypeStruct((d.B, d.H, d.N, d.Vp, d.Kp), jnp.dtype(opts.compute_dtype))
   kernel = functools.partial(_fwd_kernel, opts=opts, states_only=True)
   return _call(kernel, opts, d, "state_pass", "gla_chunk_state_pass", in_specs, sp["chunk_state"],
-               out_shape, [pltpu.VMEM((d.Vp, d.Kp), _f32)])(*args)
+               out_shape, [pltpu.VMEM((d.hb, d.Vp, d.Kp), _f32)])(*args)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -198,24 +203,27 @@ def _bwd_kernel(*refs, opts: TpuOptions):
     r["dh_scr"][...] = r["dhtT"][...]
 
   masks = _masks(r["doc_col"], r["doc_row"])
-  gates = st.chunk_local_cumsum(r["g"][...], opts.sub_chunk)  # 1
-  q_scaled = r["q"][...].astype(_f32) * opts.scale
-  k, v, do = r["k"][...], r["v"][...], r["do"][...]
-  hT = r["h"][...]
-  dhT = r["dh_scr"][...]  # w.r.t. the state leaving this chunk
-  dq, dk, dv, dG, dk_inter = st.chunk_grads(q_scaled, k, v, do, gates, hT, dhT, masks,
-                                            opts.sub_chunk, cdt)  # 6
-  r["dg"][...] = st.chunk_gate_grad(k, gates, hT, dhT, dG, dk_inter, masks)  # 7
-  r["dq"][...] = (dq * opts.scale).astype(r["dq"].dtype)
-  r["dk"][...] = dk.astype(r["dk"].dtype)
-  r["dv"][...] = dv.astype(r["dv"].dtype)
-  q_dec = st.decayed_queries(q_scaled, gates, masks)
-  dhT = st.chunk_state_grad_update(dhT, q_dec, do, gates, masks, cdt)  # 5
-  r["dh_scr"][...] = dhT
+  doc_col = None if r["doc_col"] is None else r["doc_col"][...]
+  Kp, Vp = r["dh_scr"].shape[2], r["dh_scr"].shape[1]
+  for j in range(opts.heads_per_block):  # independent heads: the scheduler interleaves them
+    kc, vc = slice(j * Kp, (j + 1) * Kp), slice(j * Vp, (j + 1) * Vp)
+    gates = st.chunk_local_cumsum(r["g"][:, kc], opts.sub_chunk)  # 1
+    q_scaled = r["q"][:, kc].astype(_f32) * opts.scale
+    k, v, do = r["k"][:, kc], r["v"][:, vc], r["do"][:, vc]
+    hT = r["h"][j]
+    dhT = r["dh_scr"][j]  # w.r.t. the state leaving this chunk
+    dq, dk, dv, dG, dk_inter = st.chunk_grads(q_scaled, k, v, do, gates, hT, dhT, masks,
+                                              opts.sub_chunk, cdt)  # 6
+    r["dg"][:, kc] = st.chunk_gate_grad(k, gates, hT, dhT, dG, dk_inter, masks, doc_col)  # 7
+    r["dq"][:, kc] = (dq * opts.scale).astype(r["dq"].dtype)
+    r["dk"][:, kc] = dk.astype(r["dk"].dtype)
+    r["dv"][:, vc] = dv.astype(r["dv"].dtype)
+    q_dec = st.decayed_queries(q_scaled, gates, masks)
+    r["dh_scr"][j] = st.chunk_state_grad_update(dhT, q_dec, do, gates, masks, cdt)  # 5
   if r["dh0"] is not None:
     @pl.when(i == pl.num_programs(2) - 1)
     def _final():
-      r["dh0"][...] = dhT
+      r["dh0"][...] = r["dh_scr"][...]
 
 
 def chunk_bwd(opts: TpuOptions, d: _Dims, q, k, v, g, hs, do, dhtT, doc_col, doc_row):
@@ -236,7 +244,7 @@ def chunk_bwd(opts: TpuOptions, d: _Dims, q, k, v, g, hs, do, dhtT, doc_col, doc
     out_shape.append(jax.ShapeDtypeStruct((d.B, d.H, d.Vp, d.Kp), _f32))
   kernel = functools.partial(_bwd_kernel, opts=opts)
   outs = _call(kernel, opts, d, "bwd", "gla_chunk_bwd", in_specs, tuple(out_specs), tuple(out_shape),
-               [pltpu.VMEM((d.Vp, d.Kp), _f32)])(*args)
+               [pltpu.VMEM((d.hb, d.Vp, d.Kp), _f32)])(*args)
   return (*outs[:4], outs[4] if opts.has_initial_state else None)
 
 
@@ -248,7 +256,7 @@ def chunk_bwd(opts: TpuOptions, d: _Dims, q, k, v, g, hs, do, dhtT, doc_col, doc
 def _dims(opts: TpuOptions, q, v, H: int) -> _Dims:
   B, Tp, HK = q.shape
   return _Dims(B=B, H=H, N=Tp // opts.chunk_size, C=opts.chunk_size, Kp=HK // H,
-               Vp=v.shape[-1] // H)
+               Vp=v.shape[-1] // H, hb=opts.heads_per_block)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -294,7 +302,8 @@ def _doc_layout(segment_ids, C: int):
 
 
 def chunk_gla_tpu(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
-                  segment_ids=None, chunk_size=64, interpret=False, detect_races=True):
+                  segment_ids=None, chunk_size=64, sub_chunk=8, heads_per_block=None,
+                  interpret=False, detect_races=True):
   """Chunkwise GLA with the Pallas Mosaic TPU kernels (`chunk_gla`'s contract).
 
   Args:
@@ -304,6 +313,8 @@ def chunk_gla_tpu(q, k, v, g, *, scale=None, initial_state=None, output_final_st
     output_final_state: also return the state after the last token.
     segment_ids: [B, T] int; the state restarts at every change of id.
     chunk_size: C, the block length along T (a multiple of 16).
+    sub_chunk: S, the exact log-space diagonal blocks (a power of two, 8 or more, dividing C).
+    heads_per_block: heads one grid step works on (a divisor of H); None: `tpu_model.heads_per_block`.
     interpret: run the kernels in Pallas' TPU interpreter (any backend; for tests on CPU).
     detect_races: the interpreter's race detector (interpret only).
 
@@ -322,7 +333,14 @@ def chunk_gla_tpu(q, k, v, g, *, scale=None, initial_state=None, output_final_st
   B, T, H, K, V = info.B, info.T, info.H, info.K, info.V
   C = chunk_size
   Tp, Kp, Vp = _pad_to(T, C), _pad_to(K, LANES), _pad_to(V, LANES)
-  opts = TpuOptions(scale=default_scale(scale, K), chunk_size=C, compute_dtype=info.dtype.name,
+  if sub_chunk not in (8, 16, 32, 64) or C % sub_chunk:
+    raise ValueError(f"sub_chunk must be 8, 16, 32 or 64 and divide chunk_size={C}, got {sub_chunk!r}")
+  if heads_per_block is None:
+    heads_per_block = tpu_model.heads_per_block(H, C, Kp, Vp, info.dtype.itemsize)
+  if not isinstance(heads_per_block, int) or heads_per_block < 1 or H % heads_per_block:
+    raise ValueError(f"heads_per_block must be a positive divisor of H={H}, got {heads_per_block!r}")
+  opts = TpuOptions(scale=default_scale(scale, K), chunk_size=C, sub_chunk=sub_chunk,
+                    heads_per_block=heads_per_block, compute_dtype=info.dtype.name,
                     has_initial_state=initial_state is not None,
                     has_segments=segment_ids is not None, interpret=interpret,
                     detect_races=detect_races)

@@ -59,8 +59,21 @@ def vmem_bytes(stage: str, C: int, Kp: int, Vp: int, itemsize: int, g_itemsize: 
           "total": blocks + state32 + temps}
 
 
-def vmem_limit_bytes(stage: str, C: int, Kp: int, Vp: int, itemsize: int) -> int:
+VMEM_BUDGET = 40 * MiB  # what one grid step may plan for: leaves room below the 64 MiB of a v5p core
+
+
+def vmem_limit_bytes(stage: str, C: int, Kp: int, Vp: int, itemsize: int, hb: int = 1) -> int:
   """The scoped-VMEM limit passed to Mosaic: the estimate plus a quarter, at least 32 MiB (the compiler
   needs room for its own spills), at most 48 MiB (below the 64 MiB a v5p TensorCore has)."""
-  total = vmem_bytes(stage, C, Kp, Vp, itemsize)["total"]
+  total = hb * vmem_bytes(stage, C, Kp, Vp, itemsize)["total"]
   return int(min(48 * MiB, max(32 * MiB, _pad(int(1.25 * total), MiB))))
+
+
+def heads_per_block(H: int, C: int, Kp: int, Vp: int, itemsize: int) -> int:
+  """How many heads one grid step takes: the most of (4, 2, 1) dividing H whose backward step fits
+  `VMEM_BUDGET`. One head's chunk is a chain of dependent MXU ops (cumsum → exp → product → store) that
+  leaves most VLIW slots empty; independent heads fill them (see benchmarks/TPU.md)."""
+  for hb in (4, 2, 1):
+    if H % hb == 0 and hb * vmem_bytes("bwd", C, Kp, Vp, itemsize)["total"] <= VMEM_BUDGET:
+      return hb
+  return 1

@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 
 _f32 = jnp.float32
-_bf16 = jnp.bfloat16
 NEG = -1e30  # exp(NEG) == 0: masks an exponent without ever forming inf
 
 NN = (((1,), (0,)), ((), ()))  # A · B
@@ -53,24 +52,41 @@ def mxu(a, b, dims, compute_dtype):
                              preferred_element_type=_f32)
 
 
-def exact_mask_sum(mask, x):
-  """Σ_r mask[t, r] x[r] for a 0/1 `mask` [M, C] and float32 `x` [C, D], exact up to f32 accumulation.
+def shift_rows(x, k: int):
+  """x[t − k] along axis 0 (rows move down by k; k < 0 moves them up), zeros shifted in."""
+  if k == 0:
+    return x
+  zeros = jnp.zeros((abs(k),) + x.shape[1:], x.dtype)
+  if k > 0:
+    return jnp.concatenate([zeros, x[:x.shape[0] - k]], axis=0)
+  return jnp.concatenate([x[-k:], zeros], axis=0)
 
-  x is split into three bfloat16 pieces (hi + mid + lo == x exactly, 8 + 8 + 8 significand bits); a 0/1
-  matrix is exact in bfloat16, so three bf16 MXU passes with f32 accumulation give every product exactly
-  (a HIGHEST-precision f32 matmul would take six). This is how the kernels take cumsums: Mosaic has no
-  cumsum, and the MXU is otherwise idle while the VPU does the exponentials.
+
+def scan_rows(x, *, reverse: bool = False, segment: int | None = None, doc=None):
+  """Inclusive prefix sums along axis 0 (suffix sums if `reverse`), float32, in log2(C) steps.
+
+  Mosaic has no cumsum, and a 0/1-mask matmul would put a chain of MXU passes (hundreds of cycles) on
+  the critical path of every chunk; these Hillis–Steele steps are a few VPU ops each. Every partial sum is
+  a sum of consecutive rows (gates of one sign stay a sum of one sign: no cancellation).
+  `segment` (a power of two): restart every `segment` rows. `doc` [C, 1]: restart where it changes
+  (it must be monotone, so that documents are contiguous).
   """
-  m = jnp.where(mask, 1.0, 0.0).astype(_bf16)
-  hi = x.astype(_bf16)
-  rest = x - hi.astype(_f32)
-  mid = rest.astype(_bf16)
-  lo = (rest - mid.astype(_f32)).astype(_bf16)
-  out = None
-  for piece in (hi, mid, lo):
-    term = jax.lax.dot_general(m, piece, NN, preferred_element_type=_f32)
-    out = term if out is None else out + term
-  return out
+  C = x.shape[0]
+  rows = iota((C, 1), 0)
+  step = 1
+  while step < (segment or C):
+    k = -step if reverse else step
+    add = shift_rows(x, k)
+    valid = None
+    if segment is not None:
+      pos = rows & (segment - 1)
+      valid = pos < segment - step if reverse else pos >= step
+    if doc is not None:
+      same = shift_rows(doc, k) == doc
+      valid = same if valid is None else valid & same
+    x = x + (add if valid is None else jnp.where(valid, add, 0.0))
+    step *= 2
+  return x
 
 
 def _pow2_shift(n: int) -> int:
@@ -125,16 +141,11 @@ class Gates:
 
 
 def chunk_local_cumsum(g, sub_chunk: int) -> Gates:
-  """Stage 1: g [C, K] (any float dtype) → the chunk's direct gate sums (one [3C, C] mask product)."""
+  """Stage 1: g [C, K] (any float dtype) → the chunk's direct gate sums (log-step scans on the VPU)."""
   g = g.astype(_f32)
-  C = g.shape[0]
-  sh = _pow2_shift(sub_chunk)
-  t, r = iota((C, C), 0), iota((C, C), 1)
-  incl = r <= t
-  masks = jnp.concatenate([incl, r > t, incl & ((r >> sh) == (t >> sh))], axis=0)
-  sums = exact_mask_sum(masks, g)
-  return Gates(g=g, G=sums[:C], R=sums[C:2 * C], Gl=sums[2 * C:],
-               Gamma=jnp.sum(g, axis=0, keepdims=True))
+  _pow2_shift(sub_chunk)
+  return Gates(g=g, G=scan_rows(g), R=scan_rows(shift_rows(g, -1), reverse=True),
+               Gl=scan_rows(g, segment=sub_chunk), Gamma=jnp.sum(g, axis=0, keepdims=True))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,6 +192,10 @@ def _diag_pass(q, k, g, sub_chunk: int, dA=None):
   Returns A's block diagonal [C, C]; with dA [C, C] also the strictly-causal (s < t) diagonal-block
   parts of dq = Σ_s dA_ts k_s e^E and dk = Σ_t dA_ts q_t e^E, [C, K] each (the s = t terms are left to
   the caller, see `chunk_grads`).
+
+  Everything here is float32 on the VPU (the sums over d are cross-lane reductions on the XLU), whatever
+  the input dtype. Sending those sums to the MXU in bf16 was tried: −2% static cycles, not worth a second
+  numerical path (benchmarks/TPU.md).
   """
   C, K = q.shape
   S = sub_chunk
@@ -189,6 +204,10 @@ def _diag_pass(q, k, g, sub_chunk: int, dA=None):
   tK = iota((ns, S, K), 1)
   tC = iota((ns, S, C), 1)
   col = iota((ns, S, C), 2) - iota((ns, S, C), 0) * S  # column relative to the sub-chunk start
+  # the key offset each causal (t ≥ s) / strictly causal (t > s) diagonal-block entry belongs to, −1
+  # elsewhere: one compare per s finds the entries of column s
+  causal_col = jnp.where(tC >= col, col, -1)
+  strict_col = jnp.where(tC > col, col, -1)
   E = jnp.zeros((ns, S, K), _f32)
   A3 = jnp.zeros((ns, S, C), _f32)
   if dA is not None:
@@ -200,11 +219,10 @@ def _diag_pass(q, k, g, sub_chunk: int, dA=None):
       E = E + jnp.where(tK >= s + 1, g3[:, s + 1:s + 2, :], 0.0)
     W = jnp.exp(E)  # e^{Σ_{s<r≤t} g_r}; 1 for t ≤ s (masked below)
     kW = k3[:, s:s + 1, :] * W
-    at_col = col == s
     a = jnp.sum(q3 * kW, axis=2, keepdims=True)  # [ns, S, 1]
-    A3 = jnp.where(at_col & (tC >= s), a, A3)
+    A3 = jnp.where(causal_col == s, a, A3)
     if dA is not None:
-      d = jnp.sum(jnp.where(at_col & (tC > s), dA3, 0.0), axis=2, keepdims=True)  # dA_ts, t > s
+      d = jnp.sum(jnp.where(strict_col == s, dA3, 0.0), axis=2, keepdims=True)  # dA_ts, t > s
       dq3 = dq3 + d * kW
       dk_row = jnp.sum(d * q3 * W, axis=1, keepdims=True)  # [ns, 1, K]
       dk3 = jnp.where(tK == s, dk_row, dk3)
@@ -219,12 +237,15 @@ def _off_diag_factors(q_scaled, k, gates: Gates, i: int, sub_chunk: int):
 
       e^{Σ_{s<r≤t} g_r} = e^{Gl_t} · e^{R_s − R_m},   m = n − 1 (the last row before sub-chunk i)
 
-  Returns (QF = q_i ⊙ e^{Gl_i} [S, K], e^{Gl_i} [S, K], F = e^{R_s − R_m} masked to s ≤ m [C, K]).
+  Returns (QF = q_i ⊙ e^{Gl_i} [S, K], e^{Gl_i} [S, K], F = e^{R_s − R_m} for s ≤ m, 0 below [C, K]);
+  the exponentials are taken on the n rows before the sub-chunk only.
   """
   C, K = k.shape
   n = i * sub_chunk
   eGl = jnp.exp(gates.Gl[n:n + sub_chunk])
-  F = jnp.exp(jnp.where(iota((C, K), 0) < n, gates.R - gates.R[n - 1:n], NEG))
+  F = jnp.exp(gates.R[:n] - gates.R[n - 1:n])
+  if n < C:
+    F = jnp.concatenate([F, jnp.zeros((C - n, K), _f32)], axis=0)
   return q_scaled[n:n + sub_chunk] * eGl, eGl, F
 
 
@@ -295,17 +316,16 @@ def chunk_grads(q_scaled, k, v, do, gates: Gates, hT, dhT, masks: ChunkMasks, su
   return dq, dk, dv, dG, dk_inter
 
 
-def chunk_gate_grad(k, gates: Gates, hT, dhT, dG, dk_inter, masks: ChunkMasks):
+def chunk_gate_grad(k, gates: Gates, hT, dhT, dG, dk_inter, masks: ChunkMasks, doc_col=None):
   """Stage 7 (see chunk.chunk_gate_grad): dg [C, K] float32, each kind of term summed once.
 
   * through q: Σ_{t ≥ r, same document} dG_t, a reverse cumsum restarting at document starts;
   * through k: Σ_{s < r} k_s ⊙ dk_inter_s, an exclusive forward cumsum;
   * through the carried state: e^Γ ⊙ Σ_v h ⊙ dh (every gate of the chunk).
+
+  doc_col [C, 1]: the chunk's document index (None without segment_ids).
   """
-  C = dG.shape[0]
-  t, r = iota((C, C), 0), iota((C, C), 1)
-  later = r >= t if masks.same_doc is None else (r >= t) & masks.same_doc
-  through_q = exact_mask_sum(later, dG)
-  through_k = exact_mask_sum(r < t, k.astype(_f32) * dk_inter)
+  through_q = scan_rows(dG, reverse=True, doc=doc_col)
+  through_k = scan_rows(shift_rows(k.astype(_f32) * dk_inter, 1))
   through_state = state_decay(gates, masks) * jnp.sum(hT.astype(_f32) * dhT, axis=0, keepdims=True)
   return through_q + through_k + through_state
