@@ -35,4 +35,19 @@ def triton_compiler_params(num_warps: int, num_stages: int):
   return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
 
+def pallas_out_struct(shape, dtype, like) -> jax.ShapeDtypeStruct:
+  """A pallas_call `out_shape` entry that varies over the same manual mesh axes as the array `like`.
+
+  Inside `jax.shard_map` with check_vma (the default) every pallas_call output must say how it varies
+  over the manual axes: JAX 0.10 spells it `manual_axis_type=`, earlier versions `vma=`."""
+  aval = jax.typeof(like)
+  mat = getattr(aval, "manual_axis_type", None)
+  if mat is not None:
+    return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=mat)
+  vma = getattr(aval, "vma", None)
+  if vma is not None:
+    return jax.ShapeDtypeStruct(shape, dtype, vma=vma)
+  return jax.ShapeDtypeStruct(shape, dtype)
+
+
 shard_map = jax.shard_map

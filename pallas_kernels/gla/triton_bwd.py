@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from pallas_kernels import compat
 from pallas_kernels.gla import triton_common as tc
 from pallas_kernels.gla.triton_common import C, F32, KernelOptions, load, mm, mm_sum, rows
 from pallas_kernels.gla.triton_fwd import doc_block, seq_block, state_tiles
@@ -47,8 +48,9 @@ def chunk_state_grad_pass_kernel(*refs, opts: KernelOptions):
     q = load(q_ref, t0, C, 0, BK) * opts.scale
     do = load(do_ref, t0, C, 0, BV)
     g = load(g_ref, t0, C, 0, BK)
-    qd = rows(tc.row_in(docs, 0), q * jnp.exp(jnp.cumsum(g, axis=0)))
-    return tc.carry_mask(docs, jnp.exp(jnp.sum(g, axis=0))[:, None] * dh) + mm(qd, do, opts, ta=True)
+    G = jnp.cumsum(g, axis=0)
+    qd = rows(tc.row_in(docs, 0), q * jnp.exp(G))
+    return tc.carry_mask(docs, jnp.exp(tc.last_row(G).reshape(BK))[:, None] * dh) + mm(qd, do, opts, ta=True)
 
   dh = lax.fori_loop(0, opts.N, body, load(dht_ref, 0, BK, 0, BV))
   dh0_ref[...] = dh
@@ -70,16 +72,12 @@ def chunk_state_grad_pass(q, do, g, dht, doc, opts: KernelOptions):
       grid=((K // BK) * (V // BV), B * H),
       in_specs=in_specs,
       out_specs=[pl.BlockSpec((None, N, BK, BV), lambda i, bh: (bh, 0, kt(i, bh), vt(i, bh))), state],
-      out_shape=[jax.ShapeDtypeStruct((B * H, N, K, V), jnp.dtype(opts.state_dtype)),
-                 jax.ShapeDtypeStruct((B, H, K, V), F32)],
+      out_shape=[compat.pallas_out_struct((B * H, N, K, V), jnp.dtype(opts.state_dtype), q),
+                 compat.pallas_out_struct((B, H, K, V), F32, q)],
       compiler_params=opts.compiler_params(opts.blocks.state_warps),
       interpret=opts.interpret,
       name="gla_chunk_state_grad_pass",
   )(*args)
-
-
-def _pairs(ns: int):
-  return [(i, j) for i in range(ns) for j in range(i + 1)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -87,43 +85,79 @@ def _pairs(ns: int):
 # ------------------------------------------------------------------------------------------------
 
 
-def _dv_chunk_step(S: int, refs, opts: KernelOptions, t0):
+def _dv_dense(refs, opts: KernelOptions, t0):
+  """dv of one chunk as one block (the chunk's span is small)."""
   q_ref, k_ref, g_ref, do_ref, dh_ref, doc_ref, dv_ref = refs
   BK, BV = opts.blocks.dv_bk, opts.blocks.dv_bv
-  ns = C // S
-  mode = tc.diag_mode(opts, S)
-  pairs = _pairs(ns)
-  docs = tc.chunk_docs(doc_ref, t0, S, opts.has_seg)
+  docs = tc.chunk_docs(doc_ref, t0, C, opts.has_seg)
 
   def k_body(kt, carry):
-    A, dv = carry[:len(pairs)], carry[len(pairs):]
+    A, dv = carry
     c0 = kt * BK
-    q = [load(q_ref, i * S, S, c0, BK) * opts.scale for i in range(ns)]
-    k = [load(k_ref, i * S, S, c0, BK) for i in range(ns)]
-    tg = tc.tile_gates(g_ref, 0, S, c0, BK)
-    A_next = []
-    for p, (i, j) in enumerate(pairs):
-      if i > j:
-        blk = tc.off_block(q[i], k[j], tg.G[i], tg.Gn[i], tg.G[j], opts)
-      else:
-        blk = tc.diag_A(mode, i, q, k, tg, (q_ref, k_ref, g_ref), 0, c0, BK, opts)
-      A_next.append(A[p] + blk)
-    dh = load(dh_ref, c0, BK, 0, BV)
-    dv_next = [dv[j] + mm(rows(tc.row_out(docs, j), k[j] * jnp.exp(tg.gam_row - tg.G[j])), dh, opts)
-               for j in range(ns)]
-    return tuple(A_next) + tuple(dv_next)
+    q = load(q_ref, 0, C, c0, BK) * opts.scale
+    k = load(k_ref, 0, C, c0, BK)
+    gt = tc.block_gates(g_ref, 0, C, c0, BK)
+    A = A + tc.diag_block_fast(q, k, gt.G, gt.Gn, opts)
+    kd = rows(tc.row_out(docs, 0), k * jnp.exp(gt.gam_row - gt.G))
+    return A, dv + mm(kd, load(dh_ref, c0, BK, 0, BV), opts)
 
-  init = tuple(jnp.zeros((S, S), F32) for _ in pairs) + tuple(jnp.zeros((S, BV), F32)
-                                                               for _ in range(ns))
-  carry = lax.fori_loop(0, opts.K // BK, k_body, init)
-  A = dict(zip(pairs, carry[:len(pairs)]))
-  dv = list(carry[len(pairs):])
-  do = [load(do_ref, i * S, S, 0, BV) for i in range(ns)]
-  for j in range(ns):
-    for i in range(j, ns):
-      a = tc.masked(tc.block_mask(docs, i, j, S), A[i, j])
-      dv[j] = dv[j] + mm(a, do[i], opts, ta=True)
-    dv_ref[pl.ds(j * S, S), :] = dv[j].astype(dv_ref.dtype)
+  A, dv = lax.fori_loop(0, opts.K // BK, k_body,
+                        (jnp.zeros((C, C), F32), jnp.zeros((C, BV), F32)))
+  A = tc.masked(tc.block_mask(docs, 0, 0, C), A)
+  dv = dv + mm(A, load(do_ref, 0, C, 0, BV), opts, ta=True)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _sub_docs(doc_ref, t0, u, has_seg):
+  return doc_ref[pl.ds(t0 + u * tc.S_FINE, tc.S_FINE)] if has_seg else None
+
+
+def _dv_two_level(refs, opts: KernelOptions, t0):
+  """dv of one chunk with 16-row sub-chunks: for each key sub-chunk j, the state term, the diagonal
+  block and the blocks A_ij (i > j) of later query sub-chunks, each summed over K."""
+  q_ref, k_ref, g_ref, do_ref, dh_ref, doc_ref, dv_ref = refs
+  BK, BV = opts.blocks.dv_bk, opts.blocks.dv_bv
+  S, nk = tc.S_FINE, opts.K // BK
+  docs = tc.chunk_docs(doc_ref, t0, C, opts.has_seg)  # for prev / last
+  mode = tc.fine_mode(opts)
+
+  def j_body(j, _):
+    rj = j * S
+    dj = _sub_docs(doc_ref, t0, j, opts.has_seg)
+    out_j = None if docs is None else (dj == docs.last)[:, None]
+
+    def k_body(kt, carry):
+      dv, A = carry
+      c0 = kt * BK
+      gt = tc.sub_gates(g_ref, j, c0, BK)
+      q = load(q_ref, rj, S, c0, BK) * opts.scale
+      k = load(k_ref, rj, S, c0, BK)
+      dv = dv + mm(rows(out_j, k * jnp.exp(gt.gam_row - gt.G)), load(dh_ref, c0, BK, 0, BV), opts)
+      return dv, A + tc.diag_A(mode, q, k, gt, (q_ref, k_ref, g_ref), rj, c0, BK, opts)
+
+    dv, A = lax.fori_loop(0, nk, k_body, (jnp.zeros((S, BV), F32), jnp.zeros((S, S), F32)))
+    m = tc.causal(S) if docs is None else (tc.causal(S) & (dj[:, None] == dj[None, :]))
+    dv = dv + mm(tc.masked(m, A), load(do_ref, rj, S, 0, BV), opts, ta=True)
+
+    def i_body(i, dv):  # query sub-chunk i > j
+      ri = i * S
+
+      def k_body2(kt, A):
+        c0 = kt * BK
+        gi, gj = tc.sub_gates(g_ref, i, c0, BK), tc.sub_gates(g_ref, j, c0, BK)
+        qi = load(q_ref, ri, S, c0, BK) * opts.scale
+        return A + tc.off_block(qi, load(k_ref, rj, S, c0, BK), gi.G, gi.Gn, gj.G, opts)
+
+      A = lax.fori_loop(0, nk, k_body2, jnp.zeros((S, S), F32))
+      if docs is not None:
+        A = jnp.where(_sub_docs(doc_ref, t0, i, True)[:, None] == dj[None, :], A, 0.0)
+      return dv + mm(A, load(do_ref, ri, S, 0, BV), opts, ta=True)
+
+    dv = lax.fori_loop(j + 1, C // S, i_body, dv)
+    dv_ref[pl.ds(rj, S), :] = dv.astype(dv_ref.dtype)
+    return 0
+
+  lax.fori_loop(0, C // S, j_body, 0)
 
 
 def chunk_grads_dv_kernel(*refs, opts: KernelOptions):
@@ -133,8 +167,8 @@ def chunk_grads_dv_kernel(*refs, opts: KernelOptions):
   t0 = pl.program_id(1) * C
   step_refs = (q_ref, k_ref, g_ref, do_ref, dh_ref, doc_ref, dv_ref)
   span = tc.chunk_span(g_ref, 0, opts.K, opts.blocks.dv_bk) if opts.path == "auto" else None
-  tc.choose_path(opts, span, functools.partial(_dv_chunk_step, C, step_refs, opts, t0),
-                 functools.partial(_dv_chunk_step, tc.S_FINE, step_refs, opts, t0))
+  tc.choose_path(opts, span, functools.partial(_dv_dense, step_refs, opts, t0),
+                 functools.partial(_dv_two_level, step_refs, opts, t0))
 
 
 def chunk_block(D: int, H: int, tile_of):
@@ -162,7 +196,7 @@ def chunk_grads_dv(q, k, g, do, dhs, doc, opts: KernelOptions):
       grid=(V // BV, N, B * H),
       in_specs=in_specs,
       out_specs=chunk_block(BV, H, tile),
-      out_shape=jax.ShapeDtypeStruct((B, T, H, V), jnp.dtype(opts.dtype)),
+      out_shape=compat.pallas_out_struct((B, T, H, V), jnp.dtype(opts.dtype), q),
       compiler_params=opts.compiler_params(opts.blocks.dv_warps),
       interpret=opts.interpret,
       name="gla_chunk_grads_dv",
@@ -174,97 +208,164 @@ def chunk_grads_dv(q, k, g, do, dhs, doc, opts: KernelOptions):
 # ------------------------------------------------------------------------------------------------
 
 
-def _diag_grads(mode, dA, q, k, G, Gn, Gl, opts):
-  """Intra-sub-chunk dq, dk of one diagonal block from dA (already strictly causal)."""
+def _diag_grads(mode, dA, q, k, gt, opts):
+  """Intra-block dq, dk (without the s = t terms) of one diagonal block from dA (strictly causal,
+  same-document entries only)."""
 
   def fast():
-    up, down = jnp.exp(G - Gn), jnp.exp(Gn - G)
-    return (mm(dA, k * down, opts) * up, mm(dA, q * up, opts, ta=True) * down)
+    up, down = jnp.exp(gt.G - gt.Gn), jnp.exp(gt.Gn - gt.G)
+    return mm(dA, k * down, opts) * up, mm(dA, q * up, opts, ta=True) * down
 
   def exact():
     S, W = q.shape
     tri = tc._tri3(S, W, strict=True)
-    E = jnp.exp(jnp.where(tri, G[:, None, :] - G[None, :, :], -jnp.inf))  # [t, s, d]
-    dq = jnp.sum(dA[:, :, None] * k[None, :, :] * E, axis=1)
-    dk = jnp.sum(dA[:, :, None] * q[:, None, :] * E, axis=0)
-    return dq, dk
+    E = jnp.exp(jnp.where(tri, gt.G[:, None, :] - gt.G[None, :, :], -jnp.inf))  # [t, s, d]
+    return (jnp.sum(dA[:, :, None] * k[None, :, :] * E, axis=1),
+            jnp.sum(dA[:, :, None] * q[:, None, :] * E, axis=0))
 
   if mode == "fast":
     return fast()
   if mode == "exact":
     return exact()
-  return lax.cond(jnp.max(Gn - Gl) < opts.threshold, fast, exact)
+  return lax.cond(jnp.max(gt.Gn - gt.Gl) < opts.threshold, fast, exact)
 
 
-def _dqk_chunk_step(S: int, refs, opts: KernelOptions, t0):
-  q_ref, k_ref, g_ref, v_ref, do_ref, h_ref, dh_ref, doc_ref, dq_ref, dk_ref, dg_ref = refs
+def _dqk_v_loop(refs, opts, r0, R: int):
+  """Σ over V tiles for the R rows from r0: dA = do vᵀ [R, R], do hᵀ, v dhᵀ [R, BK], Σ_v h ⊙ dh [BK]."""
+  v_ref, do_ref, h_ref, dh_ref = refs
   BK, BV = opts.blocks.dqk_bk, opts.blocks.dqk_bv
-  ns = C // S
-  mode = tc.diag_mode(opts, S)
-  pairs = _pairs(ns)
-  P = len(pairs)
-  docs = tc.chunk_docs(doc_ref, t0, S, opts.has_seg)
 
-  def v_body(vt, carry):
-    dA, dqi, dki, hdh = carry[:P], carry[P:P + ns], carry[P + ns:P + 2 * ns], carry[-1]
+  def body(vt, carry):
+    dA, dqi, dki, hdh = carry
     c0 = vt * BV
-    do = [load(do_ref, i * S, S, c0, BV) for i in range(ns)]
-    v = [load(v_ref, i * S, S, c0, BV) for i in range(ns)]
-    h = load(h_ref, 0, BK, c0, BV)
-    dh = load(dh_ref, 0, BK, c0, BV)
-    dA = [dA[p] + mm(do[i], v[j], opts, tb=True) for p, (i, j) in enumerate(pairs)]
-    dqi = [dqi[i] + mm(do[i], h, opts, tb=True) for i in range(ns)]
-    dki = [dki[i] + mm(v[i], dh, opts, tb=True) for i in range(ns)]
-    return (*dA, *dqi, *dki, hdh + jnp.sum(h * dh, axis=1))
+    do, v = load(do_ref, r0, R, c0, BV), load(v_ref, r0, R, c0, BV)
+    h, dh = load(h_ref, 0, BK, c0, BV), load(dh_ref, 0, BK, c0, BV)
+    return (dA + mm(do, v, opts, tb=True), dqi + mm(do, h, opts, tb=True),
+            dki + mm(v, dh, opts, tb=True), hdh + jnp.sum(h * dh, axis=1))
 
-  zeros = lambda *s: jnp.zeros(s, F32)
-  init = (*(zeros(S, S) for _ in pairs), *(zeros(S, BK) for _ in range(2 * ns)), zeros(BK))
-  carry = lax.fori_loop(0, opts.V // BV, v_body, init)
-  dA = dict(zip(pairs, carry[:P]))
-  dq_inter, dk_inter, hdh = carry[P:P + ns], carry[P + ns:P + 2 * ns], carry[-1]
+  z = lambda *s: jnp.zeros(s, F32)
+  return lax.fori_loop(0, opts.V // BV, body, (z(R, R), z(R, BK), z(R, BK), z(BK)))
 
-  q = [load(q_ref, i * S, S, 0, BK) * opts.scale for i in range(ns)]
-  k = [load(k_ref, i * S, S, 0, BK) for i in range(ns)]
-  tg = tc.tile_gates(g_ref, 0, S, 0, BK)
-  eye = tc.iota2((S, S), 0) == tc.iota2((S, S), 1)
-  # inter terms: dq = (do hᵀ) ⊙ e^G on rows reading h; dk = (v dhᵀ) ⊙ e^{Γ−G} on keys feeding h'
-  dq = [rows(tc.row_in(docs, i), dq_inter[i] * jnp.exp(tg.G[i])) for i in range(ns)]
-  dk_out = [rows(tc.row_out(docs, i), dk_inter[i] * jnp.exp(tg.gam_row - tg.G[i])) for i in range(ns)]
-  # intra terms without the s = t self terms (two-level, like chunk_intra_attention)
-  dq_intra = [zeros(S, BK) for _ in range(ns)]
-  dk_intra = [zeros(S, BK) for _ in range(ns)]
-  for i, j in pairs:
-    a = tc.masked(tc.block_mask(docs, i, j, S, strict=True), dA[i, j])
-    if i > j:
-      up = jnp.exp(tg.G[i] - tg.Gn[i])
-      dq_intra[i] = dq_intra[i] + mm(a, k[j] * jnp.exp(tg.Gn[i] - tg.G[j]), opts) * up
-      dk_intra[j] = dk_intra[j] + mm(a, q[i] * up, opts, ta=True) * jnp.exp(tg.Gn[i] - tg.G[j])
+
+def _store_dqk(refs, r0, R, opts, dq, dk, dg):
+  dq_ref, dk_ref, dg_ref = refs
+  dq_ref[pl.ds(r0, R), :] = (dq * opts.scale).astype(dq_ref.dtype)
+  dk_ref[pl.ds(r0, R), :] = dk.astype(dk_ref.dtype)
+  dg_ref[pl.ds(r0, R), :] = dg.astype(dg_ref.dtype)
+
+
+def _self_terms(dA):
+  """dA_tt as an [R, 1] column."""
+  R = dA.shape[0]
+  return jnp.sum(jnp.where(tc.iota2((R, R), 0) == tc.iota2((R, R), 1), dA, 0.0), axis=1)[:, None]
+
+
+def _dqk_dense(refs, opts: KernelOptions, t0):
+  """dq, dk, dg of one K tile of one chunk as one block (the tile's span is small)."""
+  q_ref, k_ref, g_ref, v_ref, do_ref, h_ref, dh_ref, doc_ref, *out_refs = refs
+  BK = opts.blocks.dqk_bk
+  docs = tc.chunk_docs(doc_ref, t0, C, opts.has_seg)
+  dA, dq_inter, dk_inter, hdh = _dqk_v_loop((v_ref, do_ref, h_ref, dh_ref), opts, 0, C)
+  q = load(q_ref, 0, C, 0, BK) * opts.scale
+  k = load(k_ref, 0, C, 0, BK)
+  gt = tc.block_gates(g_ref, 0, C, 0, BK)
+  # stage 6: inter terms on the rows reading h / keys feeding h'; intra terms without s = t
+  dq = rows(tc.row_in(docs, 0), dq_inter * jnp.exp(gt.G))
+  dk = rows(tc.row_out(docs, 0), dk_inter * jnp.exp(gt.gam_row - gt.G))
+  a = tc.masked(tc.block_mask(docs, 0, 0, C, strict=True), dA)
+  dq_intra, dk_intra = _diag_grads("fast", a, q, k, gt, opts)
+  # stage 7: dg = revcumsum_doc(dG) + exclusive cumsum(k ⊙ dk_inter) + e^Γ ⊙ Σ_v h ⊙ dh
+  dG = q * (dq + dq_intra) - k * dk_intra
+  later = tc.iota2((C, C), 1) >= tc.iota2((C, C), 0)  # [r, t]: t ≥ r
+  if docs is not None:
+    later = later & docs.same(0, 0)
+  dg = (tc.carry_mask(docs, jnp.exp(gt.gam) * hdh)[None, :] + mm_sum(later, dG, opts)
+        + mm_sum(tc.causal(C, strict=True), k * dk, opts))
+  self_ = _self_terms(dA)
+  _store_dqk(out_refs, 0, C, opts, dq + dq_intra + self_ * k, dk + dk_intra + self_ * q, dg)
+
+
+def _dqk_two_level(refs, opts: KernelOptions, t0):
+  """dq, dk, dg of one K tile of one chunk with 16-row sub-chunks, last sub-chunk first: dg's reverse
+  cumsum over later sub-chunks is carried as a column sum restricted to the current document."""
+  q_ref, k_ref, g_ref, v_ref, do_ref, h_ref, dh_ref, doc_ref, *out_refs = refs
+  BK, BV = opts.blocks.dqk_bk, opts.blocks.dqk_bv
+  S, ns, nv = tc.S_FINE, C // tc.S_FINE, opts.V // opts.blocks.dqk_bv
+  mode = tc.fine_mode(opts)
+  docs = tc.chunk_docs(doc_ref, t0, C, opts.has_seg)  # chunk-level prev / last
+  vrefs = (v_ref, do_ref, h_ref, dh_ref)
+  # chunk-wide terms that need no sub-chunking (all exponents ≤ 0): x = k ⊙ dk_inter, Σ_v h ⊙ dh
+  _, _, dk_inter, hdh = _dqk_v_loop(vrefs, opts, 0, C)
+  gc = tc.block_gates(g_ref, 0, C, 0, BK)
+  x_chunk = load(k_ref, 0, C, 0, BK) * rows(tc.row_out(docs, 0),
+                                            dk_inter * jnp.exp(gc.gam_row - gc.G))
+  state_term = tc.carry_mask(docs, jnp.exp(gc.gam) * hdh)[None, :]
+  earlier = tc.causal(S, strict=True)
+  later = tc.iota2((S, S), 1) >= tc.iota2((S, S), 0)
+
+  def dA_block(i, j):  # do_i v_jᵀ summed over V
+    def body(vt, acc):
+      c0 = vt * BV
+      return acc + mm(load(do_ref, i * S, S, c0, BV), load(v_ref, j * S, S, c0, BV), opts, tb=True)
+    return lax.fori_loop(0, nv, body, jnp.zeros((S, S), F32))
+
+  def same(di, dj, a):
+    return a if docs is None else jnp.where(di[:, None] == dj[None, :], a, 0.0)
+
+  def i_body(u, carry):
+    acc, dG_next, d_next, last_next = carry
+    i = ns - 1 - u
+    ri = i * S
+    di = _sub_docs(doc_ref, t0, i, opts.has_seg)
+    gt = tc.sub_gates(g_ref, i, 0, BK)
+    q = load(q_ref, ri, S, 0, BK) * opts.scale
+    k = load(k_ref, ri, S, 0, BK)
+    dA, dq_inter, dk_inter, _ = _dqk_v_loop(vrefs, opts, ri, S)
+    dq = rows(None if docs is None else (di == docs.prev)[:, None], dq_inter * jnp.exp(gt.G))
+    dk = rows(None if docs is None else (di == docs.last)[:, None],
+              dk_inter * jnp.exp(gt.gam_row - gt.G))
+    a = same(di, di, jnp.where(earlier, dA, 0.0))
+    dq_intra, dk_intra = _diag_grads(mode, a, q, k, gt, opts)
+
+    def dq_body(j, acc_q):  # key sub-chunk j < i
+      gj = tc.sub_gates(g_ref, j, 0, BK)
+      kf = load(k_ref, j * S, S, 0, BK) * jnp.exp(gt.Gn - gj.G)
+      dj = _sub_docs(doc_ref, t0, j, opts.has_seg)
+      return acc_q + mm(same(di, dj, dA_block(i, j)), kf, opts)
+
+    dq_intra = dq_intra + lax.fori_loop(0, i, dq_body, jnp.zeros((S, BK), F32)) * jnp.exp(gt.G - gt.Gn)
+
+    def dk_body(l, acc_k):  # query sub-chunk l > i
+      gl = tc.sub_gates(g_ref, l, 0, BK)
+      qf = load(q_ref, l * S, S, 0, BK) * opts.scale * jnp.exp(gl.G - gl.Gn)
+      dl = _sub_docs(doc_ref, t0, l, opts.has_seg)
+      return acc_k + mm(same(dl, di, dA_block(l, i)), qf, opts, ta=True) * jnp.exp(gl.Gn - gt.G)
+
+    dk_intra = dk_intra + lax.fori_loop(i + 1, ns, dk_body, jnp.zeros((S, BK), F32))
+    dG = q * (dq + dq_intra) - k * dk_intra
+    # Σ of dG over later sub-chunks in the document of this sub-chunk's last row
+    if docs is None:
+      acc = acc + jnp.sum(dG_next, axis=0, keepdims=True)
+      cross = acc
+      last = None
     else:
-      dqd, dkd = _diag_grads(mode, a, q[i], k[i], tg.G[i], tg.Gn[i], tg.Gl[i], opts)
-      dq_intra[i] = dq_intra[i] + dqd
-      dk_intra[i] = dk_intra[i] + dkd
-  # stage 7: dg = revcumsum_doc(dG) + excl_cumsum(k ⊙ dk_inter) + e^Γ ⊙ Σ_v h ⊙ dh
-  dG = [q[i] * (dq[i] + dq_intra[i]) - k[i] * dk_intra[i] for i in range(ns)]
-  x = [k[i] * dk_out[i] for i in range(ns)]
-  state_term = tc.carry_mask(docs, jnp.exp(tg.gam) * hdh)[None, :]
-  later = tc.iota2((S, S), 1) >= tc.iota2((S, S), 0)  # [r, t]: t ≥ r
-  earlier = tc.causal(S, strict=True)  # [r, s]: s < r
-  for i in range(ns):
-    m = later if docs is None else (later & docs.same(i, i))
-    dg = state_term + mm_sum(m, dG[i], opts) + mm_sum(earlier, x[i], opts)
-    for j in range(i + 1, ns):
-      if docs is None:
-        dg = dg + jnp.sum(dG[j], axis=0, keepdims=True)
-      else:
-        dg = dg + mm_sum(docs.same(i, j), dG[j], opts)
-    for j in range(i):
-      dg = dg + jnp.sum(x[j], axis=0, keepdims=True)
-    self_i = jnp.sum(jnp.where(eye, dA[i, i], 0.0), axis=1)[:, None]  # dA_tt
-    dq_i = (dq[i] + dq_intra[i] + self_i * k[i]) * opts.scale
-    dk_i = dk_out[i] + dk_intra[i] + self_i * q[i]
-    dq_ref[pl.ds(i * S, S), :] = dq_i.astype(dq_ref.dtype)
-    dk_ref[pl.ds(i * S, S), :] = dk_i.astype(dk_ref.dtype)
-    dg_ref[pl.ds(i * S, S), :] = dg.astype(dg_ref.dtype)
+      last = doc_ref[t0 + ri + S - 1]
+      acc = (jnp.sum(jnp.where((d_next == last)[:, None], dG_next, 0.0), axis=0, keepdims=True)
+             + jnp.where(last_next == last, acc, 0.0))
+      cross = jnp.where((di == last)[:, None], acc, 0.0)
+      m = later & (di[:, None] == di[None, :])
+    before = jnp.sum(jnp.where(tc.iota2((C, BK), 0) < ri, x_chunk, 0.0), axis=0, keepdims=True)
+    dg = (state_term + cross + before + mm_sum(later if docs is None else m, dG, opts)
+          + mm_sum(earlier, k * dk, opts))
+    self_ = _self_terms(dA)
+    _store_dqk(out_refs, ri, S, opts, dq + dq_intra + self_ * k, dk + dk_intra + self_ * q, dg)
+    if docs is None:
+      return acc, dG, d_next, last_next
+    return acc, dG, di, last
+
+  d0 = jnp.zeros((S,), jnp.int32) if docs is None else _sub_docs(doc_ref, t0, ns - 1, True)
+  last0 = jnp.zeros((), jnp.int32)
+  lax.fori_loop(0, ns, i_body, (jnp.zeros((1, BK), F32), jnp.zeros((S, BK), F32), d0, last0))
 
 
 def chunk_grads_dqk_kernel(*refs, opts: KernelOptions):
@@ -275,8 +376,8 @@ def chunk_grads_dqk_kernel(*refs, opts: KernelOptions):
   step_refs = (q_ref, k_ref, g_ref, v_ref, do_ref, h_ref, dh_ref, doc_ref, dq_ref, dk_ref, dg_ref)
   BK = opts.blocks.dqk_bk
   span = tc.chunk_span(g_ref, 0, BK, BK) if opts.path == "auto" else None
-  tc.choose_path(opts, span, functools.partial(_dqk_chunk_step, C, step_refs, opts, t0),
-                 functools.partial(_dqk_chunk_step, tc.S_FINE, step_refs, opts, t0))
+  tc.choose_path(opts, span, functools.partial(_dqk_dense, step_refs, opts, t0),
+                 functools.partial(_dqk_two_level, step_refs, opts, t0))
 
 
 def chunk_grads_dqk(q, k, g, v, do, hs, dhs, doc, opts: KernelOptions):
@@ -297,9 +398,9 @@ def chunk_grads_dqk(q, k, g, v, do, hs, dhs, doc, opts: KernelOptions):
       grid=(K // BK, N, B * H),
       in_specs=in_specs,
       out_specs=[out, out, out],
-      out_shape=[jax.ShapeDtypeStruct((B, T, H, K), jnp.dtype(opts.dtype)),
-                 jax.ShapeDtypeStruct((B, T, H, K), jnp.dtype(opts.dtype)),
-                 jax.ShapeDtypeStruct((B, T, H, K), jnp.dtype(opts.g_dtype))],
+      out_shape=[compat.pallas_out_struct((B, T, H, K), jnp.dtype(opts.dtype), q),
+                 compat.pallas_out_struct((B, T, H, K), jnp.dtype(opts.dtype), q),
+                 compat.pallas_out_struct((B, T, H, K), jnp.dtype(opts.g_dtype), q)],
       compiler_params=opts.compiler_params(opts.blocks.dqk_warps),
       interpret=opts.interpret,
       name="gla_chunk_grads_dqk",

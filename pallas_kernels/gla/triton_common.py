@@ -69,7 +69,7 @@ class BlockSizes:
     sequential forward at ≥ ~2 programs per SM of an H100 where the V tiling allows it."""
     bk = min(K, 64)
     bv = min(V, 64, max(16, 16384 // K))
-    while bv > 32 and B * H * (V // bv) < 264:
+    while bv > 32 and B * H * (V // bv) < 132:
       bv //= 2
     sbk, sbv = min(K, 64), min(V, 64)
     while sbv > 16 and B * H * (K // sbk) * (V // sbv) < 264:
@@ -196,13 +196,14 @@ class ChunkDocs:
     return self.d[i][:, None] == self.d[j][None, :]
 
 
-def chunk_docs(doc_ref, t0, S: int, has_seg: bool) -> ChunkDocs | None:
-  """doc_ref: [T] document index of the row (whole sequence); t0: the chunk's first row."""
+def chunk_docs(doc_ref, t0, S: int, has_seg: bool, R: int = C) -> ChunkDocs | None:
+  """Masks of the R-row block starting at row t0 (a chunk, or a 16-row step of the two-level forward),
+  split into sub-chunks of S rows. doc_ref: [T] document index of every row of the sequence."""
   if not has_seg:
     return None
-  d = tuple(doc_ref[pl.ds(t0 + i * S, S)] for i in range(C // S))
+  d = tuple(doc_ref[pl.ds(t0 + i * S, S)] for i in range(R // S))
   prev = jnp.where(t0 > 0, doc_ref[jnp.maximum(t0 - 1, 0)], 0)
-  return ChunkDocs(d=d, prev=prev, last=doc_ref[t0 + C - 1])
+  return ChunkDocs(d=d, prev=prev, last=doc_ref[t0 + R - 1])
 
 
 def row_in(docs, i):
@@ -236,13 +237,13 @@ def masked(m, x):
 
 
 @dataclasses.dataclass(frozen=True)
-class TileGates:
-  """Chunk-relative cumsums of one K tile (width W), per sub-chunk; float32."""
+class Gates:
+  """Cumsums of one K tile (width W) of one block of rows, float32, relative to the chunk start."""
 
-  G: tuple  # [S, W] Σ_{r ≤ t} g_r from the chunk start (inclusive)
-  Gn: tuple  # [1, W] G at the sub-chunk's first row n_i
-  Gl: tuple  # [1, W] G at the sub-chunk's last row
-  gam: jax.Array  # [W] Γ = Σ over the chunk
+  G: jax.Array  # [R, W] Σ_{r ≤ t} g_r (inclusive)
+  Gn: jax.Array  # [1, W] G at the block's first row (the reference row n)
+  Gl: jax.Array  # [1, W] G at the block's last row
+  gam: jax.Array  # [W] Γ = Σ over the whole chunk
 
   @property
   def gam_row(self):
@@ -253,20 +254,31 @@ class TileGates:
     return self.gam[:, None]
 
 
-def tile_gates(g_ref, r0, S: int, c0, W: int) -> TileGates:
-  """g_ref rows r0 .. r0 + C − 1 (one chunk), columns c0 .. c0 + W − 1."""
-  G, Gn, Gl = [], [], []
-  run = jnp.zeros((1, W), F32)
-  gam = jnp.zeros((W,), F32)
-  for i in range(C // S):
-    gi = load(g_ref, r0 + i * S, S, c0, W)
-    G.append(jnp.cumsum(gi, axis=0) + run)
-    Gn.append(run + load(g_ref, r0 + i * S, 1, c0, W))
-    part = jnp.sum(gi, axis=0)
-    gam = gam + part
-    run = run + part[None, :]
-    Gl.append(run)
-  return TileGates(G=tuple(G), Gn=tuple(Gn), Gl=tuple(Gl), gam=gam)
+def last_row(x):
+  """x[-1] as [1, W] (Triton cannot slice registers: a masked column sum, exact)."""
+  R, W = x.shape
+  return jnp.sum(jnp.where(iota2((R, W), 0) == R - 1, x, 0.0), axis=0, keepdims=True)
+
+
+def block_gates(g_ref, r0, R: int, c0, W: int) -> Gates:
+  """Stage 1 for a block that is itself the chunk: rows r0 .. r0 + R − 1, columns c0 .. c0 + W − 1.
+  Γ is G's last row (not a separate sum), so Γ − G is exactly 0 on the last row."""
+  G = jnp.cumsum(load(g_ref, r0, R, c0, W), axis=0)
+  gl = last_row(G)
+  return Gates(G=G, Gn=load(g_ref, r0, 1, c0, W), Gl=gl, gam=gl.reshape(W))
+
+
+def sub_gates(g_ref, u, c0, W: int) -> Gates:
+  """Stage 1 for sub-chunk u (may be traced) of the chunk held in g_ref's rows 0 .. C − 1: G is the
+  sub-chunk's own cumsum plus the sum of the rows before it; Γ is built the same way for the last one."""
+  S = S_FINE
+  g_chunk = load(g_ref, 0, C, c0, W)
+  rows_ = iota2((C, W), 0)
+  before = jnp.sum(jnp.where(rows_ < u * S, g_chunk, 0.0), axis=0)[None, :]
+  G = jnp.cumsum(load(g_ref, u * S, S, c0, W), axis=0) + before
+  before_last = jnp.sum(jnp.where(rows_ < C - S, g_chunk, 0.0), axis=0)[None, :]
+  gam = last_row(jnp.cumsum(load(g_ref, C - S, S, c0, W), axis=0)) + before_last
+  return Gates(G=G, Gn=before + load(g_ref, u * S, 1, c0, W), Gl=last_row(G), gam=gam.reshape(W))
 
 
 def chunk_span(g_ref, r0, K: int, W: int):
@@ -280,17 +292,19 @@ def chunk_span(g_ref, r0, K: int, W: int):
 
 
 def choose_path(opts: KernelOptions, span, dense_fn, two_level_fn, *operands):
-  """Run the dense (S = 64) or the two-level (S = 16) version of a chunk step."""
+  """Run a chunk step: the dense (S = 64) version, then — only where the chunk's span is too large for
+  it — the two-level (S = 16) version, which overwrites what the dense one stored and returned. Keeping
+  the dense step outside the conditional lets Triton software-pipeline its loads."""
   if opts.path == "dense":
     return dense_fn(*operands)
   if opts.path in ("two_level", "exact"):
     return two_level_fn(*operands)
-  return lax.cond(span < opts.threshold, dense_fn, two_level_fn, *operands)
+  out = dense_fn(*operands)
+  return lax.cond(span < opts.threshold, lambda *_: out, two_level_fn, *operands)
 
 
-def diag_mode(opts: KernelOptions, S: int) -> str:
-  if S == C:
-    return "fast"
+def fine_mode(opts: KernelOptions) -> str:
+  """Diagonal-block mode of the two-level path."""
   return "exact" if opts.path == "exact" else "auto"
 
 
@@ -332,17 +346,14 @@ def diag_block_exact(q_ref, k_ref, g_ref, r0, c0, W: int, scale: float):
   return lax.fori_loop(0, W // S, body, jnp.zeros((S, S), F32))
 
 
-def diag_A(mode: str, i: int, q, k, tg: TileGates, refs, r0, c0, W: int, opts):
-  """The (unmasked) diagonal block i of A for one K tile, by the chosen mode.
-
-  q, k: per sub-chunk [S, W] tiles (q scaled); refs = (q_ref, k_ref, g_ref) for the exact path, with
-  the sub-chunk's rows at r0 + i·S.
-  """
-  fast = lambda: diag_block_fast(q[i], k[i], tg.G[i], tg.Gn[i], opts)
+def diag_A(mode: str, q, k, gt: Gates, refs, r0, c0, W: int, opts):
+  """The (unmasked) diagonal block of A for one K tile, by mode ("fast", "exact" or "auto" = exact only
+  where the block's own span is large). q (scaled), k: [S, W]; refs = (q_ref, k_ref, g_ref) with the
+  block's rows at r0 (the exact path reloads them 16 columns at a time)."""
+  fast = lambda: diag_block_fast(q, k, gt.G, gt.Gn, opts)
   if mode == "fast":
     return fast()
-  exact = lambda: diag_block_exact(*refs, r0 + i * S_FINE, c0, W, opts.scale)
+  exact = lambda: diag_block_exact(*refs, r0, c0, W, opts.scale)
   if mode == "exact":
     return exact()
-  span = jnp.max(tg.Gn[i] - tg.Gl[i])
-  return lax.cond(span < opts.threshold, fast, exact)
+  return lax.cond(jnp.max(gt.Gn - gt.Gl) < opts.threshold, fast, exact)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from pallas_kernels import compat
 from pallas_kernels.gla import triton_common as tc
 from pallas_kernels.gla.triton_common import C, F32, KernelOptions, load, mm, rows
 
@@ -28,41 +29,36 @@ pl = tc.pl
 # ------------------------------------------------------------------------------------------------
 
 
-def _fwd_chunk_step(S: int, refs, opts: KernelOptions, t0, h):
-  """One chunk of the forward with sub-chunks of S rows; stores o, returns the next state (tuple of
-  [BK, BV] tiles). refs = (q, k, v, g, doc, o) refs with rows of the whole sequence."""
+def _fwd_step(refs, opts: KernelOptions, t0, h, dense_ok):
+  """Stages 1–4 for the chunk at row t0 as one dense block: stores o, returns the next state (a tuple of
+  [BK, BV] tiles in registers). Where `dense_ok` is False the intra part is left out (o = (q ⊙ e^G) h
+  only) and `chunk_intra_fixup` adds it later; the state update and the inter part are always exact
+  (all their exponents are ≤ 0). refs = (q, k, v, g, doc, o) refs holding the whole sequence."""
   q_ref, k_ref, v_ref, g_ref, doc_ref, o_ref = refs
   BK, BV = opts.blocks.fwd_bk, opts.blocks.fwd_bv
-  ns = C // S
-  mode = tc.diag_mode(opts, S)
-  docs = tc.chunk_docs(doc_ref, t0, S, opts.has_seg)
-  v = [load(v_ref, t0 + j * S, S, 0, BV) for j in range(ns)]
-  o = [jnp.zeros((S, BV), F32) for _ in range(ns)]
-  A = {}
+  docs = tc.chunk_docs(doc_ref, t0, C, opts.has_seg)
+  v = load(v_ref, t0, C, 0, BV)
+  o = jnp.zeros((C, BV), F32)
+  A = jnp.zeros((C, C), F32)
   h_next = []
   for kt, h_kt in enumerate(h):
     c0 = kt * BK
-    q = [load(q_ref, t0 + i * S, S, c0, BK) * opts.scale for i in range(ns)]
-    k = [load(k_ref, t0 + i * S, S, c0, BK) for i in range(ns)]
-    tg = tc.tile_gates(g_ref, t0, S, c0, BK)  # stage 1
-    for i in range(ns):
-      # stage 4, inter part: (q ⊙ e^G) h, rows still in the carried document
-      o[i] = o[i] + mm(rows(tc.row_in(docs, i), q[i] * jnp.exp(tg.G[i])), h_kt, opts)
-      # stage 3: the blocks of A on this K tile
-      for j in range(i):
-        A[i, j] = A.get((i, j), 0.0) + tc.off_block(q[i], k[j], tg.G[i], tg.Gn[i], tg.G[j], opts)
-      A[i, i] = A.get((i, i), 0.0) + tc.diag_A(mode, i, q, k, tg, (q_ref, k_ref, g_ref), t0, c0,
-                                               BK, opts)
+    q = load(q_ref, t0, C, c0, BK) * opts.scale
+    k = load(k_ref, t0, C, c0, BK)
+    gt = tc.block_gates(g_ref, t0, C, c0, BK)  # stage 1
+    # stage 4, inter part: (q ⊙ e^G) h on the rows still in the carried document
+    o = o + mm(rows(tc.row_in(docs, 0), q * jnp.exp(gt.G)), h_kt, opts)
+    # stage 3: A on this K tile, one matmul with row 0 as reference (factors ≤ e^span)
+    A = A + tc.diag_block_fast(q, k, gt.G, gt.Gn, opts)
     # stage 2: h' = diag(e^Γ) h + (k ⊙ e^{Γ−G})ᵀ v over the keys of the chunk's last document
-    update = sum(mm(rows(tc.row_out(docs, j), k[j] * jnp.exp(tg.gam_row - tg.G[j])), v[j], opts,
-                    ta=True) for j in range(ns))
-    h_next.append(tc.carry_mask(docs, jnp.exp(tg.gam_col) * h_kt) + update)
-  # stage 4, intra part: o_i += Σ_{j ≤ i} A_ij v_j
-  for i in range(ns):
-    for j in range(i + 1):
-      a = tc.masked(tc.block_mask(docs, i, j, S), A[i, j])
-      o[i] = o[i] + mm(a, v[j], opts)
-    o_ref[pl.ds(t0 + i * S, S), :] = o[i].astype(o_ref.dtype)
+    kd = rows(tc.row_out(docs, 0), k * jnp.exp(gt.gam_row - gt.G))
+    h_next.append(tc.carry_mask(docs, jnp.exp(gt.gam_col) * h_kt) + mm(kd, v, opts, ta=True))
+  # stage 4, intra part: o += A v
+  live = tc.block_mask(docs, 0, 0, C)
+  if dense_ok is not True:
+    live = live & dense_ok
+  o = o + mm(jnp.where(live, A, 0.0), v, opts)
+  o_ref[pl.ds(t0, C), :] = o.astype(o_ref.dtype)
   return tuple(h_next)
 
 
@@ -70,7 +66,7 @@ def chunk_fwd_kernel(*refs, opts: KernelOptions):
   q_ref, k_ref, v_ref, g_ref, *rest = refs
   h0_ref = rest.pop(0) if opts.has_h0 else None
   doc_ref = rest.pop(0) if opts.has_seg else None
-  o_ref, ht_ref = rest
+  o_ref, ht_ref, *flag_ref = rest
   BK, BV = opts.blocks.fwd_bk, opts.blocks.fwd_bv
   nk = opts.K // BK
   if h0_ref is not None:
@@ -79,12 +75,16 @@ def chunk_fwd_kernel(*refs, opts: KernelOptions):
     h = tuple(jnp.zeros((BK, BV), F32) for _ in range(nk))
   step_refs = (q_ref, k_ref, v_ref, g_ref, doc_ref, o_ref)
 
-  def body(n, h):
+  def body(n, h):  # no branches in this loop, so that Triton pipelines its loads
     t0 = n * C
-    span = tc.chunk_span(g_ref, t0, opts.K, BK) if opts.path == "auto" else None
-    return tc.choose_path(opts, span,
-                          functools.partial(_fwd_chunk_step, C, step_refs, opts, t0),
-                          functools.partial(_fwd_chunk_step, tc.S_FINE, step_refs, opts, t0), h)
+    if opts.path == "dense":
+      return _fwd_step(step_refs, opts, t0, h, True)
+    if opts.path == "auto":
+      dense_ok = tc.chunk_span(g_ref, t0, opts.K, BK) < opts.threshold
+    else:
+      dense_ok = jnp.zeros((), jnp.bool_)
+    flag_ref[0][n] = jnp.where(dense_ok, 0, 1).astype(jnp.int32)
+    return _fwd_step(step_refs, opts, t0, h, dense_ok)
 
   h = lax.fori_loop(0, opts.N, body, h)
   for kt in range(nk):
@@ -118,17 +118,108 @@ def chunk_fwd(q, k, v, g, h0, doc, opts: KernelOptions):
   if opts.has_seg:
     in_specs.append(doc_block(T, H))
     args.append(doc)
-  return pl.pallas_call(
+  out_specs = [seq_block(T, BV, H, vt),
+               pl.BlockSpec((None, None, K, BV), lambda j, bh: (bh // H, bh % H, 0, j))]
+  out_shape = [compat.pallas_out_struct((B, T, H, V), v.dtype, q),
+               compat.pallas_out_struct((B, H, K, V), F32, q)]
+  if opts.path != "dense":  # every V tile writes the same flags
+    out_specs.append(pl.BlockSpec((None, opts.N), lambda j, bh: (bh, 0)))
+    out_shape.append(compat.pallas_out_struct((B * H, opts.N), jnp.int32, q))
+  o, ht, *flags = pl.pallas_call(
       functools.partial(chunk_fwd_kernel, opts=opts),
       grid=(V // BV, B * H),
       in_specs=in_specs,
-      out_specs=[seq_block(T, BV, H, vt),
-                 pl.BlockSpec((None, None, K, BV), lambda j, bh: (bh // H, bh % H, 0, j))],
-      out_shape=[jax.ShapeDtypeStruct((B, T, H, V), v.dtype),
-                 jax.ShapeDtypeStruct((B, H, K, V), F32)],
+      out_specs=out_specs,
+      out_shape=out_shape,
       compiler_params=opts.compiler_params(opts.blocks.fwd_warps),
       interpret=opts.interpret,
       name="gla_chunk_fwd",
+  )(*args)
+  if flags:
+    o = chunk_intra_fixup(q, k, v, g, doc, flags[0], o, opts)
+  return o, ht
+
+
+# ------------------------------------------------------------------------------------------------
+# chunk_intra_fixup: stages 3–4 (intra part) for the chunks the dense form cannot take
+# ------------------------------------------------------------------------------------------------
+
+
+def chunk_intra_fixup_kernel(*refs, opts: KernelOptions):
+  """o += A v for one flagged chunk, two-level: for each query sub-chunk i, the diagonal block (exact
+  where its span is large) and the reference-row blocks A_ij of earlier key sub-chunks j < i."""
+  flag_ref, q_ref, k_ref, g_ref, v_ref, *rest = refs
+  doc_ref = rest.pop(0) if opts.has_seg else None
+  o_in_ref, o_ref = rest
+  BK, BV = opts.blocks.fwd_bk, opts.blocks.fwd_bv
+  S, nk = tc.S_FINE, opts.K // BK
+  n = pl.program_id(1)
+  t0 = n * C
+  mode = tc.fine_mode(opts)
+  sub_docs = lambda u: doc_ref[pl.ds(t0 + u * S, S)] if opts.has_seg else None
+
+  def i_body(i, _):
+    ri = i * S
+    di = sub_docs(i)
+
+    def diag_body(kt, A):
+      c0 = kt * BK
+      gt = tc.sub_gates(g_ref, i, c0, BK)
+      q = load(q_ref, ri, S, c0, BK) * opts.scale
+      k = load(k_ref, ri, S, c0, BK)
+      return A + tc.diag_A(mode, q, k, gt, (q_ref, k_ref, g_ref), ri, c0, BK, opts)
+
+    A = lax.fori_loop(0, nk, diag_body, jnp.zeros((S, S), F32))
+    m = tc.causal(S) if di is None else (tc.causal(S) & (di[:, None] == di[None, :]))
+    acc = mm(jnp.where(m, A, 0.0), load(v_ref, ri, S, 0, BV), opts)
+
+    def j_body(j, acc):  # key sub-chunk j < i
+      def k_body(kt, A):
+        c0 = kt * BK
+        gi, gj = tc.sub_gates(g_ref, i, c0, BK), tc.sub_gates(g_ref, j, c0, BK)
+        q = load(q_ref, ri, S, c0, BK) * opts.scale
+        return A + tc.off_block(q, load(k_ref, j * S, S, c0, BK), gi.G, gi.Gn, gj.G, opts)
+
+      A = lax.fori_loop(0, nk, k_body, jnp.zeros((S, S), F32))
+      if di is not None:
+        A = jnp.where(di[:, None] == sub_docs(j)[None, :], A, 0.0)
+      return acc + mm(A, load(v_ref, j * S, S, 0, BV), opts)
+
+    acc = lax.fori_loop(0, i, j_body, acc)
+    o = load(o_in_ref, ri, S, 0, BV) + acc
+    o_ref[pl.ds(ri, S), :] = o.astype(o_ref.dtype)
+    return 0
+
+  @pl.when(flag_ref[n] != 0)
+  def _():
+    lax.fori_loop(0, C // S, i_body, 0)
+
+
+def chunk_intra_fixup(q, k, v, g, doc, flags, o, opts: KernelOptions):
+  """o (updated in place) for the chunks flagged by `chunk_fwd`; other chunks are left as they are."""
+  B, T, H, K, V, N = opts.B, opts.T, opts.H, opts.K, opts.V, opts.N
+  BV = opts.blocks.fwd_bv
+  chunk = lambda D, tile: pl.BlockSpec((None, C, None, D),
+                                       lambda j, n, bh: (bh // H, n, bh % H, tile(j)))
+  full, vt = (lambda j: 0), (lambda j: j)
+  in_specs = [pl.BlockSpec((None, N), lambda j, n, bh: (bh, 0)),
+              chunk(K, full), chunk(K, full), chunk(K, full), chunk(BV, vt)]
+  args = [flags, q, k, g, v]
+  if opts.has_seg:
+    in_specs.append(pl.BlockSpec((None, T), lambda j, n, bh: (bh // H, 0)))
+    args.append(doc)
+  in_specs.append(chunk(BV, vt))
+  args.append(o)
+  return pl.pallas_call(
+      functools.partial(chunk_intra_fixup_kernel, opts=opts),
+      grid=(V // BV, N, B * H),
+      in_specs=in_specs,
+      out_specs=chunk(BV, vt),
+      out_shape=compat.pallas_out_struct(o.shape, o.dtype, q),
+      input_output_aliases={len(args) - 1: 0},
+      compiler_params=opts.compiler_params(opts.blocks.fwd_warps),
+      interpret=opts.interpret,
+      name="gla_chunk_intra_fixup",
   )(*args)
 
 
@@ -153,9 +244,9 @@ def chunk_state_pass_kernel(*refs, opts: KernelOptions):
     v = load(v_ref, t0, C, 0, BV)
     g = load(g_ref, t0, C, 0, BK)
     G = jnp.cumsum(g, axis=0)
-    gam = jnp.sum(g, axis=0)
-    kd = rows(tc.row_out(docs, 0), k * jnp.exp(gam[None, :] - G))
-    return tc.carry_mask(docs, jnp.exp(gam)[:, None] * h) + mm(kd, v, opts, ta=True)
+    gam = tc.last_row(G)  # [1, BK]
+    kd = rows(tc.row_out(docs, 0), k * jnp.exp(gam - G))
+    return tc.carry_mask(docs, jnp.exp(gam.reshape(BK))[:, None] * h) + mm(kd, v, opts, ta=True)
 
   lax.fori_loop(0, opts.N, body, h)
 
@@ -185,7 +276,7 @@ def chunk_state_pass(k, v, g, h0, doc, opts: KernelOptions):
       grid=((K // BK) * (V // BV), B * H),
       in_specs=in_specs,
       out_specs=pl.BlockSpec((None, N, BK, BV), lambda i, bh: (bh, 0, kt(i, bh), vt(i, bh))),
-      out_shape=jax.ShapeDtypeStruct((B * H, N, K, V), jnp.dtype(opts.state_dtype)),
+      out_shape=compat.pallas_out_struct((B * H, N, K, V), jnp.dtype(opts.state_dtype), k),
       compiler_params=opts.compiler_params(opts.blocks.state_warps),
       interpret=opts.interpret,
       name="gla_chunk_state_pass",
