@@ -7,10 +7,10 @@ from gla_jax.layers.gla import GatedLinearAttention, GLALayerCache
 from gla_jax.layers.linear import dense, embedding
 from gla_jax.layers.mlp import GatedMLP, mlp_intermediate_size
 from gla_jax.layers.norm import GatedRMSNorm, RMSNorm
-from gla_jax.layers.sharding import LOGICAL_AXES, make_param, with_axes
+from gla_jax.layers.sharding import LOGICAL_AXES, make_param, resolve, with_axes
 
 __all__ = [
     "ACTIVATION_NAMES", "Attention", "GLALayerCache", "GatedLinearAttention", "GatedMLP",
     "GatedRMSNorm", "KVCache", "LOGICAL_AXES", "RMSNorm", "ShortConvolution", "dense", "embedding",
-    "get_activation", "make_param", "mlp_intermediate_size", "rotary", "segment_positions", "with_axes",
+    "get_activation", "make_param", "mlp_intermediate_size", "resolve", "rotary", "segment_positions", "with_axes",
 ]

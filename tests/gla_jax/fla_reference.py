@@ -1,0 +1,147 @@
+"""An independent plain-jnp statement of fla 0.6.0's GLAForCausalLM and TransformerForCausalLM forward,
+written from fla's source and DESIGN.md §3, reading a state dict in fla's names and torch layouts.
+
+It shares no code with gla_jax's modules: the tests build our model, export its weights with fla names
+(`fla_state_dict`), run both, and compare logits and gradients. The GLA recurrence is the lax.scan
+specification `naive_recurrent_gla`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.gla import naive_recurrent_gla
+
+_f32 = jnp.float32
+_HI = jax.lax.Precision.HIGHEST
+
+
+def linear(x, w, b=None):
+  """torch nn.Linear: x Wᵀ + b, W [out, in]."""
+  y = jnp.einsum("...i,oi->...o", x, w, precision=_HI)
+  return y if b is None else y + b
+
+
+def rms_norm(x, w, eps):
+  y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+  return y if w is None else y * w
+
+
+def causal_conv_silu(x, w, b=None, doc=None):
+  """torch Conv1d(groups=C, padding=W-1), first T outputs, then SiLU. x [B,T,C], w [C,1,W].
+
+  Output t is Σ_i w[:, 0, i] · x[t − (W−1) + i] (cross-correlation over the left-padded input);
+  with `doc`, inputs from another document than t's are left out.
+  """
+  B, T, C = x.shape
+  W = w.shape[-1]
+  t = jnp.arange(T)
+  acc = jnp.zeros((B, T, C), x.dtype)
+  for i in range(W):
+    src = t - (W - 1) + i  # [T]
+    valid = src >= 0
+    xs = jnp.where(valid[None, :, None], x[:, jnp.clip(src, 0)], 0.0)
+    if doc is not None:
+      same = doc[:, jnp.clip(src, 0)] == doc
+      xs = jnp.where(same[..., None], xs, 0.0)
+    acc = acc + xs * w[:, 0, i]
+  return jax.nn.silu(acc if b is None else acc + b)
+
+
+FEATURE_MAPS = {None: None, "relu": jax.nn.relu, "swish": jax.nn.silu, "silu": jax.nn.silu,
+                "sigmoid": jax.nn.sigmoid}
+
+
+def _doc(segment_ids):
+  if segment_ids is None:
+    return None
+  change = jnp.pad(segment_ids[:, 1:] != segment_ids[:, :-1], ((0, 0), (1, 0)))
+  return jnp.cumsum(change, axis=1)
+
+
+def gla_attention(x, sd, p, cfg, segment_ids=None):
+  B, T, D = x.shape
+  H = cfg.num_heads
+  Hkv = cfg.num_kv_heads or H
+  G = H // Hkv
+  K = round(D * cfg.expand_k) // H
+  V = round(D * cfg.expand_v) // H
+  doc = _doc(segment_ids)
+  q, k, v = (linear(x, sd[p + n + "_proj.weight"]) for n in "qkv")
+  if cfg.use_short_conv:
+    q, k, v = (causal_conv_silu(t, sd[p + n + "_conv1d.weight"], sd.get(p + n + "_conv1d.bias"), doc)
+               for t, n in zip((q, k, v), "qkv"))
+  gk = linear(linear(x, sd[p + "gk_proj.0.weight"]), sd[p + "gk_proj.1.weight"], sd[p + "gk_proj.1.bias"])
+  q = q.reshape(B, T, H, K)
+  # einops '... (h d) -> ... (h g) d': kv head h feeds query heads h*G .. h*G+G-1
+  k = jnp.repeat(k.reshape(B, T, Hkv, K), G, axis=2)
+  gk = jnp.repeat(gk.reshape(B, T, Hkv, K), G, axis=2)
+  v = jnp.repeat(v.reshape(B, T, Hkv, V), G, axis=2)
+  gk = jax.nn.log_sigmoid(gk) / 16.0
+  if cfg.clamp_min is not None:
+    gk = jnp.maximum(gk, cfg.clamp_min)
+  fm = FEATURE_MAPS[cfg.feature_map]
+  if fm is not None:
+    q, k = fm(q), fm(k)
+  o, _ = naive_recurrent_gla(q, k, v, gk, segment_ids=segment_ids)  # [B, T, H, V]
+  if cfg.use_output_gate:
+    g = linear(x, sd[p + "g_proj.weight"]).reshape(B, T, H, V)
+    o = rms_norm(o, sd.get(p + "g_norm_swish_gate.weight"), cfg.norm_eps) * g * jax.nn.sigmoid(g)
+  else:
+    o = rms_norm(o, sd.get(p + "g_norm.weight"), cfg.norm_eps)
+  return linear(o.reshape(B, T, H * V), sd[p + "o_proj.weight"])
+
+
+def _rope(x, pos, theta):
+  d = x.shape[-1]
+  inv = 1.0 / theta ** (jnp.arange(0, d, 2, dtype=_f32) / d)
+  f = pos[..., None].astype(_f32) * inv  # [B or 1, T, d/2]
+  cos = jnp.concatenate([jnp.cos(f), jnp.cos(f)], -1)[:, :, None]
+  sin = jnp.concatenate([jnp.sin(f), jnp.sin(f)], -1)[:, :, None]
+  x1, x2 = x[..., : d // 2], x[..., d // 2:]
+  return x * cos + jnp.concatenate([-x2, x1], -1) * sin
+
+
+def softmax_attention(x, sd, p, cfg, segment_ids=None):
+  B, T, D = x.shape
+  H = cfg.num_heads
+  Hkv = cfg.num_kv_heads or H
+  d = D // H
+  q, k, v = (linear(x, sd[p + n + "_proj.weight"], sd.get(p + n + "_proj.bias")) for n in "qkv")
+  q, k, v = q.reshape(B, T, H, d), k.reshape(B, T, Hkv, d), v.reshape(B, T, Hkv, d)
+  if cfg.qk_norm:
+    q, k = rms_norm(q, sd[p + "q_norm.weight"], 1e-5), rms_norm(k, sd[p + "k_norm.weight"], 1e-5)
+  t = jnp.arange(T)
+  if segment_ids is None:
+    pos = t[None]
+  else:  # flash-attn varlen: positions restart per document
+    doc = _doc(segment_ids)
+    first = jnp.argmax(doc[:, None, :] == doc[:, :, None], axis=-1)  # first index of each token's doc
+    pos = t[None] - first
+  q, k = _rope(q, pos, cfg.rope_theta), _rope(k, pos, cfg.rope_theta)
+  k, v = jnp.repeat(k, H // Hkv, axis=2), jnp.repeat(v, H // Hkv, axis=2)
+  s = jnp.einsum("bthd,bshd->bhts", q, k, precision=_HI) / jnp.sqrt(d)
+  allowed = (t[None, :] <= t[:, None])[None, None]
+  if cfg.window_size is not None:
+    allowed = allowed & (t[None, :] > t[:, None] - cfg.window_size)[None, None]
+  if segment_ids is not None:
+    allowed = allowed & (doc[:, None, :, None] == doc[:, None, None, :])
+  s = jnp.where(allowed, s, -jnp.inf)
+  o = jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(s, axis=-1), v, precision=_HI)
+  return linear(o.reshape(B, T, D), sd[p + "o_proj.weight"])
+
+
+def forward(sd, cfg, input_ids, segment_ids=None, kind="gla"):
+  """Logits [B, T, vocab] of fla's model with state dict `sd` (fla names, torch layouts)."""
+  mixer = gla_attention if kind == "gla" else softmax_attention
+  h = sd["model.embeddings.weight"][input_ids]
+  for i in range(cfg.num_hidden_layers):
+    p = f"model.layers.{i}."
+    h = h + mixer(rms_norm(h, sd[p + "attn_norm.weight"], cfg.norm_eps), sd, p + "attn.", cfg, segment_ids)
+    x = rms_norm(h, sd[p + "mlp_norm.weight"], cfg.norm_eps)
+    m = jax.nn.silu(linear(x, sd[p + "mlp.gate_proj.weight"])) * linear(x, sd[p + "mlp.up_proj.weight"])
+    h = h + linear(m, sd[p + "mlp.down_proj.weight"])
+  h = rms_norm(h, sd["model.norm.weight"], cfg.norm_eps)
+  head = sd["model.embeddings.weight"] if cfg.tie_word_embeddings else sd["lm_head.weight"]
+  return linear(h, head)
