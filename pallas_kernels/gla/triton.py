@@ -124,6 +124,19 @@ def chunk_gla_triton(q, k, v, g, *, scale=None, initial_state=None, output_final
     >>> g = jnp.full((B, T, H, K), -0.1)
     >>> o, ht = chunk_gla_triton(q, k, v, g, output_final_state=True, interpret=True)
   """
+  opts, (qp, kp, vp, gp, h0, doc) = prepare(q, k, v, g, scale=scale, initial_state=initial_state,
+                                            segment_ids=segment_ids, chunk_size=chunk_size,
+                                            interpret=interpret, path=path, block_sizes=block_sizes,
+                                            state_dtype=state_dtype)
+  o, ht = _chunk_gla(opts, qp, kp, vp, gp, h0, doc)
+  T, K, V = q.shape[1], q.shape[3], v.shape[3]
+  o = o[:, :T, :, :V]
+  return o, (ht[:, :, :K, :V] if output_final_state else None)
+
+
+def prepare(q, k, v, g, *, scale=None, initial_state=None, segment_ids=None, chunk_size=64,
+            interpret=False, path="auto", block_sizes=None, state_dtype="float32"):
+  """Checks a call and returns (KernelOptions, the kernels' padded operands (q, k, v, g, h0, doc))."""
   info = check_gla_inputs(q, k, v, g, scale=scale, initial_state=initial_state,
                           segment_ids=segment_ids, chunk_size=chunk_size)
   reason = check_call(info)
@@ -140,17 +153,13 @@ def chunk_gla_triton(q, k, v, g, *, scale=None, initial_state=None, output_final
                        blocks=blocks, path=path, interpret=interpret, state_dtype=state_dtype)
   # zero padding is inert: k = v = 0 adds nothing to the state, g = 0 does not decay it
   pad_k = lambda x: _pad(_pad(x, 1, Tp), 3, Kp)
-  qp, kp, gp = pad_k(q), pad_k(k), pad_k(g)
-  vp = _pad(_pad(v, 1, Tp), 3, Vp)
   h0 = None
   if initial_state is not None:
     h0 = _pad(_pad(initial_state.astype(F32), 2, Kp), 3, Vp)
   doc = None
   if segment_ids is not None:  # padding continues the last document
     doc = _pad(doc_index(segment_ids), 1, Tp, mode="edge")
-  o, ht = _chunk_gla(opts, qp, kp, vp, gp, h0, doc)
-  o = o[:, :T, :, :V]
-  return o, (ht[:, :, :K, :V] if output_final_state else None)
+  return opts, (pad_k(q), pad_k(k), _pad(_pad(v, 1, Tp), 3, Vp), pad_k(g), h0, doc)
 
 
 def check_call(info: CallInfo) -> str | None:

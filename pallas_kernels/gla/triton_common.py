@@ -74,10 +74,10 @@ class BlockSizes:
     sbk, sbv = min(K, 64), min(V, 64)
     while sbv > 16 and B * H * (K // sbk) * (V // sbv) < 264:
       sbv //= 2
-    return cls(fwd_bk=bk, fwd_bv=bv, fwd_warps=4,
+    return cls(fwd_bk=bk, fwd_bv=bv, fwd_warps=8,
                state_bk=sbk, state_bv=sbv, state_warps=4,
-               dv_bk=min(K, 64), dv_bv=min(V, 64), dv_warps=4,
-               dqk_bk=min(K, 32), dqk_bv=min(V, 64), dqk_warps=4)
+               dv_bk=min(K, 64), dv_bv=min(V, 64), dv_warps=8,
+               dqk_bk=min(K, 32), dqk_bv=min(V, 64), dqk_warps=8)
 
 
 @dataclasses.dataclass(frozen=True)
