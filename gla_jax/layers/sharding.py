@@ -17,7 +17,7 @@ variables are created with `eager_sharding=False` and `with_axes` places them it
 set (CPU tests, `nnx.eval_shape` outside a mesh) a parameter is a plain array carrying its names; under
 `jax.set_mesh(mesh)` it is sharded at creation by the names resolved through the active
 `nnx.logical_axis_rules` (a name that is itself a mesh axis stands for that axis; anything else is
-replicated). Either way `nnx.get_partition_spec` returns the logical names (mapped by whatever rules
+replicated) — unless `nnx.use_eager_sharding(False)` is in effect. Either way `nnx.get_partition_spec` returns the logical names (mapped by whatever rules
 are active when it is called).
 """
 
@@ -49,11 +49,18 @@ def resolve(names: Sequence[str | None], mesh=None) -> jax.sharding.PartitionSpe
 
 
 def _place(value: jax.Array, names: Sequence[str | None]) -> jax.Array:
-  """Shard a freshly initialised value on the current mesh (no-op without one)."""
+  """Shard a freshly initialised value on the current mesh.
+
+  A no-op without a mesh, under `nnx.use_eager_sharding(False)` (the trainer's jit init, which shards
+  through out_shardings), or when no name resolves to a mesh axis.
+  """
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh is None or mesh.empty:
+  if mesh is None or mesh.empty or not nnx.using_eager_sharding():
     return value
-  sharding = jax.sharding.NamedSharding(mesh, resolve(names, mesh))
+  spec = resolve(names, mesh)
+  if all(axis is None for axis in spec):
+    return value
+  sharding = jax.sharding.NamedSharding(mesh, spec)
   if mesh.are_all_axes_explicit:
     return jax.sharding.reshard(value, sharding)
   return jax.lax.with_sharding_constraint(value, sharding)

@@ -86,6 +86,9 @@ def test_build_under_mesh_with_and_without_rules():
   q = sharded.layers[0].attn.q_proj.kernel
   assert tuple(q[...].sharding.spec) == (None, "model")
   assert tuple(sharded.layers[0].mlp.down_proj.kernel[...].sharding.spec)[:1] == ("model",)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules([("heads", "model")]), nnx.use_eager_sharding(False):
+    lazy = GatedLinearAttention(64, num_heads=2, rngs=nnx.Rngs(0))  # the trainer's jit-init mode
+  assert all(s is None for s in lazy.q_proj.kernel[...].sharding.spec)
   assert all(s is None for s in plain.layers[0].attn.q_proj.kernel[...].sharding.spec)
   assert q.get_metadata()["out_sharding"] == ("embed", "heads")
   # get_partition_spec keeps the logical names, mapped by the rules active at the call
