@@ -23,11 +23,11 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", ["gla_conv_gqa", "transformer", "transformer_window_gqa"])
 def test_prefill_then_decode_equals_forward(name):
   cfg = CASES[name]
   model = make_model(cfg)
-  B, T, P = 2, 23, 9  # prompt of P tokens, then T − P decode steps
+  B, T, P = 2, 21, 9  # prompt of P tokens, then T − P decode steps
   ids = random_ids((B, T), cfg.vocab_size, seed=7)
   full = nnx.jit(lambda m, x: m(x))(model, ids)
   prefill = nnx.jit(lambda m, x: m.prefill(x, max_len=T))
