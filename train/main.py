@@ -1,6 +1,6 @@
 """Command line: `python -m train --config configs/mqar_gla.py --set key=value ...` (console script: gla-train).
 
-    python -m train                                       # the default job: configs/mqar_gla.py
+    python -m train                                       # the default job: configs/tiny_text_gla.py
     python -m train --config configs/tiny_text_gla.py --set steps=200 optim.lr=3e-3
     python -m train --config gla_340m --set mesh.fsdp=8 data.batch_size=64
     python -m train --list                                # the configs and their fields
@@ -25,7 +25,8 @@ EXIT_CONFIG, EXIT_SIGNAL = 2, 3
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog="gla-train", description="Train a gla_jax model (sharded, resumable).")
-  p.add_argument("--config", default="mqar_gla", help="configs/<name>.py path or bare name (default mqar_gla)")
+  p.add_argument("--config", default="tiny_text_gla",
+                 help="configs/<name>.py path or bare name (default tiny_text_gla)")
   p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                  help="override config fields, dotted paths: optim.lr=1e-3 model.num_hidden_layers=2")
   p.add_argument("--workdir", default=None, help="run directory (default runs/<config name>)")

@@ -71,7 +71,7 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, mesh:
       grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
       loss = sums["loss_sum"] / total
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, new_opt = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -84,8 +84,19 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, mesh:
                "grad_norm": grad_norm, "update_ok": ok.astype(jnp.float32), "skipped": new_state.skipped}
     return new_state, metrics
 
-  return jax.jit(train_step, in_shardings=(state_shardings, batch_sh), out_shardings=(state_shardings, rep),
-                 donate_argnums=(0,))
+  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sh), out_shardings=(state_shardings, rep),
+                   donate_argnums=(0,))
+  return _under_mesh(jitted, mesh)
+
+
+def _under_mesh(fn, mesh: Mesh):
+  """Calls (and so traces) `fn` with `mesh` set, so layers can see the mesh (`get_abstract_mesh`), e.g. to
+  run a kernel per shard under `jax.shard_map`."""
+  def call(*args):
+    with jax.set_mesh(mesh):
+      return fn(*args)
+  call.jitted = fn
+  return call
 
 
 def _micro_batches(x: jax.Array, accum: int, batch_sh: NamedSharding) -> jax.Array:
@@ -105,7 +116,7 @@ def make_eval_step(model_def: ModelDef, mesh: Mesh, params_shardings: Any):
   def eval_step(params, batch):
     return _forward_sums(model_def, params, batch)
 
-  return jax.jit(eval_step, in_shardings=(params_shardings, batch_sh), out_shardings=rep)
+  return _under_mesh(jax.jit(eval_step, in_shardings=(params_shardings, batch_sh), out_shardings=rep), mesh)
 
 
 def summarize_eval(sums: list[dict[str, Any]]) -> dict[str, float]:

@@ -43,17 +43,17 @@ def test_save_on_one_mesh_restore_on_another(tmp_path):
 
 def test_exact_resume_gives_the_same_losses(tmp_path):
   steps = 6
-  full = Trainer(tiny_config(tmp_path / "full", f"steps={steps}"), devices=jax.devices()[:2])
+  full = Trainer(tiny_config(tmp_path / "full", f"steps={steps}", "mesh.data=2"), devices=jax.devices()[:2])
   summary_full = full.run()
   losses_full = summary_full["losses"]
   full.close()
   assert len(losses_full) == steps
 
-  first = Trainer(tiny_config(tmp_path / "split", f"steps={steps}"), devices=jax.devices()[:2])
+  first = Trainer(tiny_config(tmp_path / "split", f"steps={steps}", "mesh.data=2"), devices=jax.devices()[:2])
   part1 = first.run(until=3)
   first.close()
   assert part1["final_eval"] is None and len(part1["losses"]) == 3
-  second = Trainer(tiny_config(tmp_path / "split", f"steps={steps}"), devices=jax.devices()[:2])
+  second = Trainer(tiny_config(tmp_path / "split", f"steps={steps}", "mesh.data=2"), devices=jax.devices()[:2])
   part2 = second.run()
   assert part2["start_step"] == 3 and second.resumed_from == 3
   second.close()
@@ -62,8 +62,8 @@ def test_exact_resume_gives_the_same_losses(tmp_path):
 
 
 def test_sigterm_saves_and_stops(tmp_path):
-  config = tiny_config(tmp_path, "steps=50", "checkpoint.every=0")
-  trainer = Trainer(config, devices=jax.devices()[:1])
+  config = tiny_config(tmp_path, "mesh.data=2")  # same program as the resume test: a compile-cache hit
+  trainer = Trainer(config, devices=jax.devices()[:2])
 
   def on_log(step, row):
     if step == 2:

@@ -1,8 +1,6 @@
 """Sharded training on 8 fake CPU devices: params laid out by the logical rules, and a (2, 2, 2) mesh step
 that equals the single-device step; gradient accumulation; rejection of non-finite steps."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,8 +46,19 @@ def tiny(tmp_path_factory):
   return tiny_config(tmp_path_factory.mktemp("shard"), "model.hidden_size=64")
 
 
-def test_params_are_sharded_as_the_rules_say(tiny):
-  mesh, state, model_def, _, _ = _setup(tiny, MeshConfig(data=2, fsdp=2, tensor=2), jax.devices()[:8])
+@pytest.fixture(scope="module")
+def mesh8(tiny):
+  """One (2, 2, 2) setup shared by the tests below (its step is compiled once); `fresh()` gives a new copy
+  of the initial state (the step donates its input)."""
+  mesh, state, model_def, shardings, step = _setup(tiny, MeshConfig(data=2, fsdp=2, tensor=2), jax.devices()[:8])
+  host = jax.device_get(state)
+  fresh = lambda: jax.device_put(host, shardings)
+  return mesh, fresh, model_def, shardings, step
+
+
+def test_params_are_sharded_as_the_rules_say(mesh8):
+  mesh, fresh, model_def, _, _ = mesh8
+  state = fresh()
   params, names = _flat(state.params), _flat(model_def.logical_names)
   expected_axis = dict(mesh_lib.LOGICAL_RULES)
   sharded_dims = 0
@@ -82,42 +91,46 @@ def test_rules_replicate_what_does_not_divide():
   assert mesh_lib.logical_to_spec(("lowrank", "mystery"), (16, 64), mesh) == P()
 
 
-def test_2x2x2_mesh_step_equals_single_device_step(tiny):
+def _train(step, state, batches, mesh):
+  losses = []
+  for b in batches:
+    state, m = step(state, mesh_lib.global_batch(b, mesh))
+    losses.append(float(m["loss"]))
+  return losses, state, m
+
+
+def test_2x2x2_mesh_step_equals_single_device_step(tiny, mesh8):
   batches = _batches(tiny, 3)
-  results = {}
-  for name, mcfg, devs in (("single", MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1]),
-                           ("2x2x2", MeshConfig(data=2, fsdp=2, tensor=2), jax.devices()[:8])):
-    mesh, state, _, _, step = _setup(tiny, mcfg, devs)
-    losses = []
-    for b in batches:
-      state, m = step(state, mesh_lib.global_batch(b, mesh))
-      losses.append(float(m["loss"]))
-    results[name] = (losses, jax.device_get(state.params))
-  (l1, p1), (l8, p8) = results["single"], results["2x2x2"]
+  mesh, fresh, _, _, step = mesh8
+  l8, s8, _ = _train(step, fresh(), batches, mesh)
+  mesh1, s1, _, _, step1 = _setup(tiny, MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  l1, s1, _ = _train(step1, s1, batches, mesh1)
   np.testing.assert_allclose(l8, l1, rtol=2e-5)
   assert l1[2] < l1[0]  # it trains (lr 1e-2)
+  p1, p8 = jax.device_get(s1.params), jax.device_get(s8.params)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(p1), jax.tree.leaves(p8)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=2e-6, err_msg=jax.tree_util.keystr(path))
 
 
-def test_gradient_accumulation_equals_one_big_batch(tiny):
+def test_gradient_accumulation_equals_one_big_batch(tiny, mesh8):
   batches = _batches(tiny, 2)
+  mesh, fresh, model_def, shardings, step = mesh8
+  tx = state_lib.make_optimizer(tiny.optim, tiny.steps)
+  step4 = step_lib.make_train_step(model_def, tx, mesh, shardings, grad_accum=2)
   out = []
-  for accum in (1, 4):
-    cfg = dataclasses.replace(tiny, grad_accum=accum)
-    mesh, state, _, _, step = _setup(cfg, MeshConfig(data=2, fsdp=1, tensor=1), jax.devices()[:2])
-    for b in batches:
-      state, m = step(state, mesh_lib.global_batch(b, mesh))
+  for fn in (step, step4):
+    _, state, m = _train(fn, fresh(), batches, mesh)
     out.append((float(m["loss"]), float(m["grad_norm"]), jax.device_get(state.params)))
-  (l1, g1, p1), (l4, g4, p4) = out
-  np.testing.assert_allclose(l4, l1, rtol=1e-5)
-  np.testing.assert_allclose(g4, g1, rtol=1e-4)
-  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
+  (l1, g1, p1), (l2, g2, p2) = out
+  np.testing.assert_allclose(l2, l1, rtol=1e-5)
+  np.testing.assert_allclose(g2, g1, rtol=1e-4)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=2e-6)
 
 
-def test_non_finite_step_is_rejected_and_counted(tiny):
-  mesh, state, _, _, step = _setup(tiny, MeshConfig(data=2, fsdp=2, tensor=2), jax.devices()[:8])
+def test_non_finite_step_is_rejected_and_counted(tiny, mesh8):
+  mesh, fresh, _, _, step = mesh8
+  state = fresh()
   batch = mesh_lib.global_batch(_batches(tiny, 1)[0], mesh)
   before = jax.device_get(state)
   flat = _flat(state.params)
@@ -140,8 +153,9 @@ def test_non_finite_step_is_rejected_and_counted(tiny):
   assert int(m["update_ok"]) == 1 and int(state.skipped) == 1
 
 
-def test_eval_step_matches_train_loss(tiny):
-  mesh, state, model_def, shardings, step = _setup(tiny, MeshConfig(data=-1, fsdp=2, tensor=1), jax.devices()[:8])
+def test_eval_step_matches_train_loss(tiny, mesh8):
+  mesh, fresh, model_def, shardings, step = mesh8
+  state = fresh()
   batch = mesh_lib.global_batch(_batches(tiny, 1)[0], mesh)
   eval_step = step_lib.make_eval_step(model_def, mesh, shardings.params)
   sums = step_lib.summarize_eval([jax.device_get(eval_step(state.params, batch))])
