@@ -41,7 +41,7 @@ def loop_bundles(path: str) -> int:
   exit_test = False
   with open(path) as f:
     for line in f:
-      m = re.match(r"\s+0x([0-9a-f]+)\s+(LB)?", line)
+      m = re.match(r"\s*0x([0-9a-f]+)\s+(LB)?", line)
       if not m:
         continue
       addr = int(m.group(1), 16)
@@ -79,13 +79,13 @@ def _child(args) -> dict:
   h0 = sds((B, H, args.K, args.V), jnp.float32)
   seg = sds((B, T), jnp.int32) if args.segments else None
 
-  def loss(q, k, v, g, h0):
+  def loss(q, k, v, g, h0, seg):
     o, ht = chunk_gla_tpu(q, k, v, g, initial_state=h0, output_final_state=True, segment_ids=seg,
                           chunk_size=args.C, sub_chunk=args.S, heads_per_block=args.hb)
     return jnp.sum(o.astype(jnp.float32)) + jnp.sum(ht)
 
   f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))  # value: keeps the forward alive
-  f.trace(q, q, v, g, h0).lower(lowering_platforms=("tpu",)).compile()
+  f.trace(q, q, v, g, h0, seg).lower(lowering_platforms=("tpu",)).compile()
   out = {}
   for name in KERNELS:
     files = glob.glob(os.path.join(args.dump, f"*{name}*final_bundles.txt"))
@@ -99,6 +99,7 @@ def static_bundles(chip: str, K: int, V: int, C: int, S: int = 8, hb: int = 1,
   """{kernel name: bundles per grid step} from a deviceless compile for `chip` (needs libtpu)."""
   with tempfile.TemporaryDirectory() as dump:
     env = dict(os.environ, TPU_SKIP_MDS_QUERY="1", TPU_WORKER_HOSTNAMES="localhost",
+               ALLOW_MULTIPLE_LIBTPU_LOAD="1",  # libtpu locks /tmp/libtpu_lockfile otherwise
                TPU_ACCELERATOR_TYPE=TOPOLOGIES[chip][1],
                LIBTPU_INIT_ARGS=f"--xla_jf_dump_to={dump} --xla_jf_dump_llo_text=true")
     cmd = [sys.executable, "-m", "pallas_kernels.gla.tpu_aot", "--child", "--chip", chip, "--K",

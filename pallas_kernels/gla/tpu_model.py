@@ -77,3 +77,155 @@ def heads_per_block(H: int, C: int, Kp: int, Vp: int, itemsize: int) -> int:
     if H % hb == 0 and hb * vmem_bytes("bwd", C, Kp, Vp, itemsize)["total"] <= VMEM_BUDGET:
       return hb
   return 1
+
+
+# ------------------------------------------------------------------------------------------------
+# chips
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """One TensorCore's figures. hbm_bw, bf16_flops, vmem: JAX's table (pltpu.get_tpu_info_for_chip);
+  clock: derived from the bf16 peak and the MXU count of that table where it is consistent, else an
+  assumption (see `clock_note`). cores: TensorCores per chip that one jit spreads "parallel" grid axes
+  over (megacore)."""
+
+  name: str
+  hbm_bw: float  # bytes / s
+  bf16_flops: float  # MXU peak, flop / s
+  vmem: int  # bytes
+  clock: float  # Hz
+  cores: int
+  clock_note: str
+
+
+CHIPS = {
+    "v5e": Chip("v5e", 820e9, 197e12, 128 * MiB, 197e12 / (4 * 128 * 128 * 2), 1,
+                "197 TF/s over 4 MXUs of 128×128"),
+    "v5p": Chip("v5p", 1230e9, 229.5e12, 64 * MiB, 229.5e12 / (4 * 128 * 128 * 2), 2,
+                "229.5 TF/s over 4 MXUs of 128×128; 2 TensorCores (megacore) per chip"),
+    "v6e": Chip("v6e", 1640e9, 920e12, 128 * MiB, 1.75e9, 1,
+                "assumed: JAX's table (2 MXUs of 256×256) would imply 3.5 GHz; we take 1.75 GHz "
+                "(4 MXUs of 256×256), so v6e times are the least certain"),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# per chunk of one head: HBM bytes and MXU flops, kernel by kernel (as tpu.py / tpu_stages.py do it)
+# ------------------------------------------------------------------------------------------------
+
+
+def chunk_costs(C: int, K: int, V: int, S: int = 8, itemsize: int = 2, g_itemsize: int = 4,
+                N: int = 32) -> dict[str, dict[str, float]]:
+  """HBM bytes, MXU flops and exponentials of one grid step (one chunk of one head) of each kernel.
+
+  K, V are the padded widths. N (chunks per sequence) spreads the per-sequence state reads/writes
+  (h0, final state, dh0, dht: K·V float32 each) over the chunks.
+  """
+  tok_k, tok_v, g = C * K * itemsize, C * V * itemsize, C * K * g_itemsize
+  state32, state_c = K * V * 4, K * V * itemsize
+  ckv, c2k, c2v = C * K * V, C * C * K, C * C * V
+  off = (C - S) * C * K  # Σ_i S·K·(rows before sub-chunk i): one off-diagonal product family
+  diag_exp = S * C * K  # exponentials of the exact diagonal blocks
+  fwd = {
+      "bytes": 2 * tok_k + g + tok_v + tok_v + 2 * state32 / N,  # q k g v → o; h0, ht
+      "flops": 2 * (ckv + c2v + ckv + off),  # q_dec·h, A·v, state update, off-diagonal A
+      "exp": diag_exp + 3 * C * K + (C - S) * K // 2 + C * K,  # diag; e^G e^R e^Gl; F; e^Γ-ish
+  }
+  state = {
+      "bytes": tok_k + g + tok_v + state_c + state32 / N,  # k g v → h per chunk; h0
+      "flops": 2 * ckv,
+      "exp": C * K,
+  }
+  bwd = {
+      "bytes": (2 * tok_k + g + 2 * tok_v + state_c  # q k g v do h
+                + 2 * tok_k + tok_v + C * K * 4 + 2 * state32 / N),  # dq dk dv dg; dht, dh0
+      "flops": 2 * (c2v + 3 * off + c2v + ckv + ckv + ckv + ckv),  # dA; off-diag ×3; dv; dq, dk inter; dh
+      "exp": diag_exp + 3 * C * K + (C - S) * K // 2 + C * K,
+  }
+  return {"gla_chunk_fwd": fwd, "gla_chunk_state_pass": state, "gla_chunk_bwd": bwd}
+
+
+# ------------------------------------------------------------------------------------------------
+# the compiler's static schedule (recorded), and the report
+# ------------------------------------------------------------------------------------------------
+
+# Bundles (VLIW instruction words ≈ cycles without stalls) of one grid step of each kernel, from
+# `python -m pallas_kernels.gla.tpu_aot` (deviceless AOT compile: jax/jaxlib 0.10.2, libtpu 0.0.42.1,
+# 2026-11-22; bf16 inputs, float32 gates, no segment_ids, S = 8). Key: (chip, K, V, C, heads per step).
+# A grid step covers `hb` heads of one chunk. Nothing here ran on a TPU.
+STATIC_BUNDLES: dict[tuple[str, int, int, int, int], dict[str, int]] = {}
+
+SHAPES = {  # DESIGN.md §3 / BENCHMARKS.md layer shapes: B, T, H, K, V
+    "340M": (8, 2048, 4, 128, 256),
+    "1.3B": (8, 2048, 4, 256, 512),
+}
+
+
+def layer_estimate(chip: str, shape: str, C: int, hb: int) -> dict[str, float] | None:
+  """Forward + backward time of one GLA layer at a BENCHMARKS.md shape, in ms: the HBM floor, the MXU
+  floor and the static-schedule estimate (bundles / clock, all chunk-heads, parallel over the chip's
+  TensorCores), from `STATIC_BUNDLES` (None if that configuration was not compiled)."""
+  B, T, H, K, V = SHAPES[shape]
+  bundles = STATIC_BUNDLES.get((chip, K, V, C, hb))
+  if bundles is None:
+    return None
+  c = CHIPS[chip]
+  N = T // C
+  steps = B * (H // hb) * N / c.cores  # grid steps per TensorCore
+  costs = chunk_costs(C, K, V, N=N)
+  chunk_heads = B * H * N
+  hbm = sum(x["bytes"] for x in costs.values()) * chunk_heads / (c.hbm_bw * c.cores)
+  mxu = sum(x["flops"] for x in costs.values()) * chunk_heads / (c.bf16_flops * c.cores)
+  sched = sum(bundles.values()) * steps / c.clock
+  return {"hbm_ms": hbm * 1e3, "mxu_ms": mxu * 1e3, "schedule_ms": sched * 1e3,
+          "bound_ms": max(hbm, mxu, sched) * 1e3,
+          "cycles_per_chunk_head": sum(bundles.values()) / hb}
+
+
+def report() -> str:
+  """The tables of benchmarks/TPU.md, as markdown."""
+  out = ["| chip | layer | C | heads/step | fwd | state pass | bwd | cycles per chunk·head | "
+         "HBM floor ms | MXU floor ms | schedule ms | estimate ms |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for (chip, K, V, C, hb), b in sorted(STATIC_BUNDLES.items()):
+    shape = next((n for n, s in SHAPES.items() if s[3:] == (K, V)), None)
+    est = layer_estimate(chip, shape, C, hb) if shape else None
+    if est is None:
+      continue
+    out.append(f"| {chip} | {shape} | {C} | {hb} | {b['gla_chunk_fwd']} | {b['gla_chunk_state_pass']} | "
+               f"{b['gla_chunk_bwd']} | {est['cycles_per_chunk_head']:.0f} | {est['hbm_ms']:.2f} | "
+               f"{est['mxu_ms']:.2f} | {est['schedule_ms']:.2f} | **{est['bound_ms']:.2f}** |")
+  return "\n".join(out)
+
+
+def vmem_report() -> str:
+  out = ["| layer | C | heads/step | kernel | blocks (×2 buffers) MiB | scratch MiB | temporaries MiB | "
+         "total MiB | vmem_limit MiB |", "|---|---|---|---|---|---|---|---|---|"]
+  for shape, (B, T, H, K, V) in SHAPES.items():
+    for C in (64, 128):
+      hb = heads_per_block(H, C, K, V, 2)
+      for stage in ("fwd", "state_pass", "bwd"):
+        m = vmem_bytes(stage, C, K, V, 2)
+        out.append(f"| {shape} | {C} | {hb} | {stage} | {hb * m['blocks'] / MiB:.1f} | "
+                   f"{hb * m['scratch'] / MiB:.2f} | {hb * m['temporaries'] / MiB:.1f} | "
+                   f"{hb * m['total'] / MiB:.1f} | {vmem_limit_bytes(stage, C, K, V, 2, hb) / MiB:.0f} |")
+  return "\n".join(out)
+
+
+def bytes_flops_report() -> str:
+  out = ["| layer | C | kernel | HBM KiB | MXU MFLOP | exp (thousands) | flop/byte |",
+         "|---|---|---|---|---|---|---|"]
+  for shape, (B, T, H, K, V) in SHAPES.items():
+    for C in (64, 128):
+      for name, c in chunk_costs(C, K, V, N=T // C).items():
+        out.append(f"| {shape} | {C} | {name} | {c['bytes'] / 1024:.0f} | {c['flops'] / 1e6:.1f} | "
+                   f"{c['exp'] / 1e3:.0f} | {c['flops'] / c['bytes']:.0f} |")
+  return "\n".join(out)
+
+
+if __name__ == "__main__":
+  print(vmem_report(), "\n")
+  print(bytes_flops_report(), "\n")
+  print(report())

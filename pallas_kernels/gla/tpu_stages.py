@@ -8,7 +8,7 @@ state is kept **transposed**, hT = hᵀ [V, K], so that the per-channel decay e^
 
 Stage names follow `chunk.py` (DESIGN.md §2):
 
-  1 `chunk_local_cumsum`     prefix / suffix / sub-chunk sums of g as exact float32 mask products (MXU)
+  1 `chunk_local_cumsum`     prefix / suffix / sub-chunk sums of g (log-step scans on the VPU)
   2 `chunk_state_update`     one step of `chunk_state_pass`: hT' = e^Γ ⊙ hT + vᵀ (k ⊙ e^R)
   3 `chunk_intra_attention`  A: the causal C×C decay-weighted q·kᵀ (two-level: exact diagonal sub-blocks)
   4 `chunk_output`           o = (q ⊙ e^G) h + A v
