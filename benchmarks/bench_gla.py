@@ -75,37 +75,50 @@ def _emit(path, record):
 # ------------------------------------------------------------------------------------------------
 
 
-def _jax_impls(variants: bool, shape, interpret: bool = False):
-  import jax.numpy as jnp
+def _variants(shape):
+  """Block-size / policy variants of ours to compare in one run: name → chunk_gla_triton kwargs."""
+  import dataclasses
+  from pallas_kernels.gla.triton_common import BlockSizes, padded_dim
+  B, T, H, K, V = shape
+  Kp, Vp = padded_dim(K), padded_dim(V)
+  base = BlockSizes.get_default(B, H, Kp, Vp)
+  changes = {
+      "split_grads": dict(fused_grads=False),
+      "w4": dict(fwd_warps=4, dv_warps=4, dqk_warps=4, grads_warps=4),
+      "stages3": dict(num_stages=3),
+      "fwd_bv128": dict(fwd_bv=min(128, Vp)),
+      "fwd_bv32": dict(fwd_bv=min(32, Vp)),
+      "grads_bk128": dict(grads_bk=min(128, Kp), grads_bv=min(128, Vp)),
+  }
+  out = {name: dict(block_sizes=dataclasses.replace(base, **c)) for name, c in changes.items()}
+  out["bf16_states"] = dict(state_dtype="bfloat16")
+  return out
+
+
+def _jax_impls(shape, variants: bool, interpret: bool = False, only=None):
   from pallas_kernels.gla import chunk_gla_jnp
   from pallas_kernels.gla.triton import chunk_gla_triton
-  from pallas_kernels.gla.triton_common import BlockSizes, padded_dim
-  import dataclasses
 
   if interpret:
     chunk_gla_triton = functools.partial(chunk_gla_triton, interpret=True)
   impls = {"ours": chunk_gla_triton, "xla": chunk_gla_jnp}
-  try:
-    from jla import ops as jla_ops
+  B, T, H, K, V = shape
+  if K in (64, 128) and V in (64, 128):
+    try:
+      from jla import ops as jla_ops
+      jla_ops._load_kernels()  # registers the kernels once, before compile threads race to do it
 
-    def jla(q, k, v, g):
-      return jla_ops.linear_attention("gla", q, k, v, g=g.astype(q.dtype), impl="mosaic_gpu")
+      def jla(q, k, v, g):
+        return jla_ops.linear_attention("gla", q, k, v, g=g.astype(q.dtype), impl="mosaic_gpu")
 
-    B, T, H, K, V = shape
-    if K in (64, 128) and V in (64, 128):
       impls["jla"] = jla
-  except Exception as e:  # noqa: BLE001  (jla missing or broken: report and go on)
-    print(f"jla unavailable: {type(e).__name__}: {e}", flush=True)
+    except Exception as e:  # noqa: BLE001  (jla missing or broken: report and go on)
+      print(f"jla unavailable: {type(e).__name__}: {e}", flush=True)
   if variants:
-    B, T, H, K, V = shape
-    base = BlockSizes.get_default(B, H, padded_dim(K), padded_dim(V))
-    for name, change in (("w4", dict(fwd_warps=4, dv_warps=4, dqk_warps=4, state_warps=4)),
-                         ("w8", dict(fwd_warps=8, dv_warps=8, dqk_warps=8, state_warps=8)),
-                         ("stages3", dict(num_stages=3)),
-                         ("dqk_bk64", dict(dqk_bk=min(64, padded_dim(K))))):
-      bs = dataclasses.replace(base, **change)
-      impls[f"ours_{name}"] = (lambda bs: lambda *a, **kw: chunk_gla_triton(*a, block_sizes=bs, **kw))(bs)
-  del jnp
+    for name, kw in _variants(shape).items():
+      impls[f"ours_{name}"] = functools.partial(chunk_gla_triton, **kw)
+  if only:
+    impls = {k: v for k, v in impls.items() if k.split("_")[0] in only or k in only}
   return impls
 
 
@@ -128,7 +141,7 @@ def _time(fn, args, iters: int = 10, reps: int = 5):
   return statistics.median(times)
 
 
-def run_jax(out_dir, shape_names, variants: bool, save_ref_for, interpret: bool = False):
+def run_jax(out_dir, shape_names, variants_for, save_ref_for, interpret: bool = False, only=None):
   import concurrent.futures as cf
 
   import jax
@@ -156,7 +169,7 @@ def run_jax(out_dir, shape_names, variants: bool, save_ref_for, interpret: bool 
     bf = lambda x: jnp.asarray(x, jnp.bfloat16)
     args = (bf(q), bf(k), bf(v), jnp.asarray(g), bf(do))
     del q, k, v, g, do
-    impls = _jax_impls(variants and name in ("s1", "s4"), shape, interpret)
+    impls = _jax_impls(shape, name in variants_for, interpret, only)
     up = lambda x: x.astype(jnp.float32)
     ref_fn = fwdbwd(lambda q, k, v, g: chunk_gla_jnp(up(q), up(k), up(v), g))
     jobs = {("ref", "fwdbwd"): (ref_fn, args)}
@@ -241,6 +254,9 @@ def run_breakdown(out_dir, shape_names, interpret: bool = False):
         (q, k, g, do, dhs))
     stages["chunk_grads_dqk"] = (
         lambda q, k, g, v, do, hs, dhs: triton_bwd.chunk_grads_dqk(q, k, g, v, do, hs, dhs, None, opts),
+        (q, k, g, v, do, hs, dhs))
+    stages["chunk_grads (fused)"] = (
+        lambda q, k, g, v, do, hs, dhs: triton_bwd.chunk_grads(q, k, g, v, do, hs, dhs, None, opts),
         (q, k, g, v, do, hs, dhs))
     rec = {"kind": "breakdown", "shape": name, "dims": shape, "blocks": str(opts.blocks)}
     for stage, (fn, a) in stages.items():
@@ -353,14 +369,16 @@ def main(argv=None):
   p.add_argument("mode", choices=["jax", "fla", "report", "breakdown"])
   p.add_argument("--out", required=True)
   p.add_argument("--shapes", default="s1,s2,s3,s4,s5")
-  p.add_argument("--variants", action="store_true", help="also time block-size variants of ours")
+  p.add_argument("--variants-for", default="", help="shapes at which to also time variants of ours")
+  p.add_argument("--impls", default="", help="comma list to restrict to (ours, xla, jla)")
   p.add_argument("--save-ref-for", default="s1,s2,s3", help="shapes whose reference fla is scored on")
   p.add_argument("--interpret", action="store_true", help="run ours in interpret mode (CPU smoke test)")
   a = p.parse_args(argv)
   os.makedirs(a.out, exist_ok=True)
   shapes = [s for s in a.shapes.split(",") if s]
   if a.mode == "jax":
-    run_jax(a.out, shapes, a.variants, set(a.save_ref_for.split(",")), a.interpret)
+    run_jax(a.out, shapes, set(a.variants_for.split(",")), set(a.save_ref_for.split(",")), a.interpret,
+            set(a.impls.split(",")) - {""} or None)
   elif a.mode == "breakdown":
     run_breakdown(a.out, shapes, a.interpret)
   elif a.mode == "fla":

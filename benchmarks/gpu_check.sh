@@ -23,7 +23,8 @@ if [ "${BREAKDOWN:-s1}" != "none" ]; then
     --shapes "${BREAKDOWN:-s1}" > "$OUT/bench_jax.log" 2>&1
 fi
 timeout "${JAX_BUDGET:-200}" python3 benchmarks/bench_gla.py jax --out "$WORK" \
-  --shapes "${SHAPES:-s1,s2,s3,s4,s5}" ${VARIANTS:-} >> "$OUT/bench_jax.log" 2>&1
+  --shapes "${SHAPES:-s1,s2,s3,s4,s5}" --variants-for "${VARIANTS:-}" --impls "${IMPLS:-}" \
+  --save-ref-for "${FLA_SHAPES-s1,s2,s3}" >> "$OUT/bench_jax.log" 2>&1
 echo "jax bench rc=$? at $(( $(date +%s) - T0 ))s"
 if [ -n "${FLA_SHAPES-s1,s2,s3}" ]; then
   timeout "${FLA_BUDGET:-130}" python3 benchmarks/bench_gla.py fla --out "$WORK" \
@@ -33,8 +34,8 @@ fi
 cp "$WORK"/*.jsonl "$OUT/" 2>/dev/null
 python3 benchmarks/bench_gla.py report --out "$WORK" > "$OUT/report.md" 2>&1
 if [ "${TESTS:-1}" = "1" ]; then
-  timeout "${TEST_BUDGET:-90}" python3 -m pytest -q -p no:xdist -s -m gpu -k "${TEST_K:-}" \
-    tests/pallas_kernels/test_gla_triton.py > "$OUT/tests.log" 2>&1
+  timeout "${TEST_BUDGET:-90}" python3 -m pytest -v -p no:xdist -s -m gpu --durations=0 \
+    ${TEST_K:+-k "$TEST_K"} tests/pallas_kernels/test_gla_triton.py > "$OUT/tests.log" 2>&1
   echo "tests rc=$? at $(( $(date +%s) - T0 ))s"
   grep -E "passed|failed|error|Error|ours .* fla" "$OUT/tests.log" | tail -15
 fi

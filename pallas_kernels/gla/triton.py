@@ -46,7 +46,8 @@ import jax.numpy as jnp
 from pallas_kernels.common.checks import CallInfo, check_gla_inputs, default_scale
 from pallas_kernels.common.segments import doc_index
 from pallas_kernels.gla import ops
-from pallas_kernels.gla.triton_bwd import chunk_grads_dqk, chunk_grads_dv, chunk_state_grad_pass
+from pallas_kernels.gla.triton_bwd import (chunk_grads, chunk_grads_dqk, chunk_grads_dv,
+                                           chunk_state_grad_pass)
 from pallas_kernels.gla.triton_common import C, F32, PATHS, BlockSizes, KernelOptions, padded_dim
 from pallas_kernels.gla.triton_fwd import chunk_fwd, chunk_state_pass
 
@@ -74,8 +75,11 @@ def _chunk_gla_bwd_rule(opts, residuals, cotangents):
   do = do.astype(v.dtype)
   hs = chunk_state_pass(k, v, g, h0, doc, opts)  # 2 (recomputed)
   dhs, dh0 = chunk_state_grad_pass(q, do, g, dht.astype(F32), doc, opts)  # 5
-  dv = chunk_grads_dv(q, k, g, do, dhs, doc, opts)  # 6
-  dq, dk, dg = chunk_grads_dqk(q, k, g, v, do, hs, dhs, doc, opts)  # 6, 7
+  if opts.blocks.fused_grads:
+    dq, dk, dg, dv = chunk_grads(q, k, g, v, do, hs, dhs, doc, opts)  # 6, 7
+  else:
+    dv = chunk_grads_dv(q, k, g, do, dhs, doc, opts)  # 6
+    dq, dk, dg = chunk_grads_dqk(q, k, g, v, do, hs, dhs, doc, opts)  # 6, 7
   dh0 = None if h0 is None else dh0.astype(h0.dtype)
   return dq, dk, dv, dg, dh0, None
 

@@ -112,9 +112,10 @@ def _sub_docs(doc_ref, t0, u, has_seg):
   return doc_ref[pl.ds(t0 + u * tc.S_FINE, tc.S_FINE)] if has_seg else None
 
 
-def _dv_two_level(refs, opts: KernelOptions, t0):
+def _dv_two_level(refs, opts: KernelOptions, t0, cv=0):
   """dv of one chunk with 16-row sub-chunks: for each key sub-chunk j, the state term, the diagonal
-  block and the blocks A_ij (i > j) of later query sub-chunks, each summed over K."""
+  block and the blocks A_ij (i > j) of later query sub-chunks, each summed over K. do, dh and dv are
+  read / written at column cv (a dv_bv-wide V tile)."""
   q_ref, k_ref, g_ref, do_ref, dh_ref, doc_ref, dv_ref = refs
   BK, BV = opts.blocks.dv_bk, opts.blocks.dv_bv
   S, nk = tc.S_FINE, opts.K // BK
@@ -132,12 +133,12 @@ def _dv_two_level(refs, opts: KernelOptions, t0):
       gt = tc.sub_gates(g_ref, j, c0, BK)
       q = load(q_ref, rj, S, c0, BK) * opts.scale
       k = load(k_ref, rj, S, c0, BK)
-      dv = dv + mm(rows(out_j, k * jnp.exp(gt.gam_row - gt.G)), load(dh_ref, c0, BK, 0, BV), opts)
+      dv = dv + mm(rows(out_j, k * jnp.exp(gt.gam_row - gt.G)), load(dh_ref, c0, BK, cv, BV), opts)
       return dv, A + tc.diag_A(mode, q, k, gt, (q_ref, k_ref, g_ref), rj, c0, BK, opts)
 
     dv, A = lax.fori_loop(0, nk, k_body, (jnp.zeros((S, BV), F32), jnp.zeros((S, S), F32)))
     m = tc.causal(S) if docs is None else (tc.causal(S) & (dj[:, None] == dj[None, :]))
-    dv = dv + mm(tc.masked(m, A), load(do_ref, rj, S, 0, BV), opts, ta=True)
+    dv = dv + mm(tc.masked(m, A), load(do_ref, rj, S, cv, BV), opts, ta=True)
 
     def i_body(i, dv):  # query sub-chunk i > j
       ri = i * S
@@ -151,10 +152,10 @@ def _dv_two_level(refs, opts: KernelOptions, t0):
       A = lax.fori_loop(0, nk, k_body2, jnp.zeros((S, S), F32))
       if docs is not None:
         A = jnp.where(_sub_docs(doc_ref, t0, i, True)[:, None] == dj[None, :], A, 0.0)
-      return dv + mm(A, load(do_ref, ri, S, 0, BV), opts, ta=True)
+      return dv + mm(A, load(do_ref, ri, S, cv, BV), opts, ta=True)
 
     dv = lax.fori_loop(j + 1, C // S, i_body, dv)
-    dv_ref[pl.ds(rj, S), :] = dv.astype(dv_ref.dtype)
+    dv_ref[pl.ds(rj, S), pl.ds(cv, BV)] = dv.astype(dv_ref.dtype)
     return 0
 
   lax.fori_loop(0, C // S, j_body, 0)
@@ -230,28 +231,34 @@ def _diag_grads(mode, dA, q, k, gt, opts):
   return lax.cond(jnp.max(gt.Gn - gt.Gl) < opts.threshold, fast, exact)
 
 
-def _dqk_v_loop(refs, opts, r0, R: int):
-  """Σ over V tiles for the R rows from r0: dA = do vᵀ [R, R], do hᵀ, v dhᵀ [R, BK], Σ_v h ⊙ dh [BK]."""
+def _dqk_v_loop(refs, opts, r0, R: int, ck=0, BK: int | None = None, BV: int | None = None,
+                with_dA: bool = True):
+  """Σ over V tiles for the R rows from r0: dA = do vᵀ [R, R] (None unless `with_dA`), do hᵀ, v dhᵀ
+  [R, BK], Σ_v h ⊙ dh [BK] (h, dh rows ck .. ck + BK − 1)."""
   v_ref, do_ref, h_ref, dh_ref = refs
-  BK, BV = opts.blocks.dqk_bk, opts.blocks.dqk_bv
+  BK, BV = BK or opts.blocks.dqk_bk, BV or opts.blocks.dqk_bv
 
   def body(vt, carry):
     dA, dqi, dki, hdh = carry
     c0 = vt * BV
     do, v = load(do_ref, r0, R, c0, BV), load(v_ref, r0, R, c0, BV)
-    h, dh = load(h_ref, 0, BK, c0, BV), load(dh_ref, 0, BK, c0, BV)
-    return (dA + mm(do, v, opts, tb=True), dqi + mm(do, h, opts, tb=True),
-            dki + mm(v, dh, opts, tb=True), hdh + jnp.sum(h * dh, axis=1))
+    h, dh = load(h_ref, ck, BK, c0, BV), load(dh_ref, ck, BK, c0, BV)
+    if with_dA:
+      dA = dA + mm(do, v, opts, tb=True)
+    return (dA, dqi + mm(do, h, opts, tb=True), dki + mm(v, dh, opts, tb=True),
+            hdh + jnp.sum(h * dh, axis=1))
 
   z = lambda *s: jnp.zeros(s, F32)
-  return lax.fori_loop(0, opts.V // BV, body, (z(R, R), z(R, BK), z(R, BK), z(BK)))
+  init = (z(R, R) if with_dA else None, z(R, BK), z(R, BK), z(BK))
+  return lax.fori_loop(0, opts.V // BV, body, init)
 
 
-def _store_dqk(refs, r0, R, opts, dq, dk, dg):
+def _store_dqk(refs, r0, R, opts, dq, dk, dg, ck=0):
   dq_ref, dk_ref, dg_ref = refs
-  dq_ref[pl.ds(r0, R), :] = (dq * opts.scale).astype(dq_ref.dtype)
-  dk_ref[pl.ds(r0, R), :] = dk.astype(dk_ref.dtype)
-  dg_ref[pl.ds(r0, R), :] = dg.astype(dg_ref.dtype)
+  W = dq.shape[1]
+  dq_ref[pl.ds(r0, R), pl.ds(ck, W)] = (dq * opts.scale).astype(dq_ref.dtype)
+  dk_ref[pl.ds(r0, R), pl.ds(ck, W)] = dk.astype(dk_ref.dtype)
+  dg_ref[pl.ds(r0, R), pl.ds(ck, W)] = dg.astype(dg_ref.dtype)
 
 
 def _self_terms(dA):
@@ -260,15 +267,9 @@ def _self_terms(dA):
   return jnp.sum(jnp.where(tc.iota2((R, R), 0) == tc.iota2((R, R), 1), dA, 0.0), axis=1)[:, None]
 
 
-def _dqk_dense(refs, opts: KernelOptions, t0):
-  """dq, dk, dg of one K tile of one chunk as one block (the tile's span is small)."""
-  q_ref, k_ref, g_ref, v_ref, do_ref, h_ref, dh_ref, doc_ref, *out_refs = refs
-  BK = opts.blocks.dqk_bk
-  docs = tc.chunk_docs(doc_ref, t0, C, opts.has_seg)
-  dA, dq_inter, dk_inter, hdh = _dqk_v_loop((v_ref, do_ref, h_ref, dh_ref), opts, 0, C)
-  q = load(q_ref, 0, C, 0, BK) * opts.scale
-  k = load(k_ref, 0, C, 0, BK)
-  gt = tc.block_gates(g_ref, 0, C, 0, BK)
+def _dqk_finish(docs, dA, q, k, gt, dq_inter, dk_inter, hdh, opts):
+  """Stages 6–7 of one dense chunk and K tile once the V sums are done: dA = do vᵀ (unmasked) [C, C],
+  q (scaled), k, gates and the inter sums [C, W]. Returns dq (w.r.t. the scaled q), dk, dg."""
   # stage 6: inter terms on the rows reading h / keys feeding h'; intra terms without s = t
   dq = rows(tc.row_in(docs, 0), dq_inter * jnp.exp(gt.G))
   dk = rows(tc.row_out(docs, 0), dk_inter * jnp.exp(gt.gam_row - gt.G))
@@ -282,12 +283,25 @@ def _dqk_dense(refs, opts: KernelOptions, t0):
   dg = (tc.carry_mask(docs, jnp.exp(gt.gam) * hdh)[None, :] + mm_sum(later, dG, opts)
         + mm_sum(tc.causal(C, strict=True), k * dk, opts))
   self_ = _self_terms(dA)
-  _store_dqk(out_refs, 0, C, opts, dq + dq_intra + self_ * k, dk + dk_intra + self_ * q, dg)
+  return dq + dq_intra + self_ * k, dk + dk_intra + self_ * q, dg
 
 
-def _dqk_two_level(refs, opts: KernelOptions, t0):
-  """dq, dk, dg of one K tile of one chunk with 16-row sub-chunks, last sub-chunk first: dg's reverse
-  cumsum over later sub-chunks is carried as a column sum restricted to the current document."""
+def _dqk_dense(refs, opts: KernelOptions, t0):
+  """dq, dk, dg of one K tile of one chunk as one block (the tile's span is small)."""
+  q_ref, k_ref, g_ref, v_ref, do_ref, h_ref, dh_ref, doc_ref, *out_refs = refs
+  BK = opts.blocks.dqk_bk
+  docs = tc.chunk_docs(doc_ref, t0, C, opts.has_seg)
+  dA, dq_inter, dk_inter, hdh = _dqk_v_loop((v_ref, do_ref, h_ref, dh_ref), opts, 0, C)
+  q = load(q_ref, 0, C, 0, BK) * opts.scale
+  k = load(k_ref, 0, C, 0, BK)
+  gt = tc.block_gates(g_ref, 0, C, 0, BK)
+  _store_dqk(out_refs, 0, C, opts, *_dqk_finish(docs, dA, q, k, gt, dq_inter, dk_inter, hdh, opts))
+
+
+def _dqk_two_level(refs, opts: KernelOptions, t0, ck=0):
+  """dq, dk, dg of one K tile (columns ck .. ck + dqk_bk − 1) of one chunk with 16-row sub-chunks, last
+  sub-chunk first: dg's reverse cumsum over later sub-chunks is carried as a column sum restricted to
+  the current document."""
   q_ref, k_ref, g_ref, v_ref, do_ref, h_ref, dh_ref, doc_ref, *out_refs = refs
   BK, BV = opts.blocks.dqk_bk, opts.blocks.dqk_bv
   S, ns, nv = tc.S_FINE, C // tc.S_FINE, opts.V // opts.blocks.dqk_bv
@@ -295,9 +309,9 @@ def _dqk_two_level(refs, opts: KernelOptions, t0):
   docs = tc.chunk_docs(doc_ref, t0, C, opts.has_seg)  # chunk-level prev / last
   vrefs = (v_ref, do_ref, h_ref, dh_ref)
   # chunk-wide terms that need no sub-chunking (all exponents ≤ 0): x = k ⊙ dk_inter, Σ_v h ⊙ dh
-  _, _, dk_inter, hdh = _dqk_v_loop(vrefs, opts, 0, C)
-  gc = tc.block_gates(g_ref, 0, C, 0, BK)
-  x_chunk = load(k_ref, 0, C, 0, BK) * rows(tc.row_out(docs, 0),
+  _, _, dk_inter, hdh = _dqk_v_loop(vrefs, opts, 0, C, ck, with_dA=False)
+  gc = tc.block_gates(g_ref, 0, C, ck, BK)
+  x_chunk = load(k_ref, 0, C, ck, BK) * rows(tc.row_out(docs, 0),
                                             dk_inter * jnp.exp(gc.gam_row - gc.G))
   state_term = tc.carry_mask(docs, jnp.exp(gc.gam) * hdh)[None, :]
   earlier = tc.causal(S, strict=True)
@@ -317,10 +331,10 @@ def _dqk_two_level(refs, opts: KernelOptions, t0):
     i = ns - 1 - u
     ri = i * S
     di = _sub_docs(doc_ref, t0, i, opts.has_seg)
-    gt = tc.sub_gates(g_ref, i, 0, BK)
-    q = load(q_ref, ri, S, 0, BK) * opts.scale
-    k = load(k_ref, ri, S, 0, BK)
-    dA, dq_inter, dk_inter, _ = _dqk_v_loop(vrefs, opts, ri, S)
+    gt = tc.sub_gates(g_ref, i, ck, BK)
+    q = load(q_ref, ri, S, ck, BK) * opts.scale
+    k = load(k_ref, ri, S, ck, BK)
+    dA, dq_inter, dk_inter, _ = _dqk_v_loop(vrefs, opts, ri, S, ck)
     dq = rows(None if docs is None else (di == docs.prev)[:, None], dq_inter * jnp.exp(gt.G))
     dk = rows(None if docs is None else (di == docs.last)[:, None],
               dk_inter * jnp.exp(gt.gam_row - gt.G))
@@ -328,16 +342,16 @@ def _dqk_two_level(refs, opts: KernelOptions, t0):
     dq_intra, dk_intra = _diag_grads(mode, a, q, k, gt, opts)
 
     def dq_body(j, acc_q):  # key sub-chunk j < i
-      gj = tc.sub_gates(g_ref, j, 0, BK)
-      kf = load(k_ref, j * S, S, 0, BK) * jnp.exp(gt.Gn - gj.G)
+      gj = tc.sub_gates(g_ref, j, ck, BK)
+      kf = load(k_ref, j * S, S, ck, BK) * jnp.exp(gt.Gn - gj.G)
       dj = _sub_docs(doc_ref, t0, j, opts.has_seg)
       return acc_q + mm(same(di, dj, dA_block(i, j)), kf, opts)
 
     dq_intra = dq_intra + lax.fori_loop(0, i, dq_body, jnp.zeros((S, BK), F32)) * jnp.exp(gt.G - gt.Gn)
 
     def dk_body(l, acc_k):  # query sub-chunk l > i
-      gl = tc.sub_gates(g_ref, l, 0, BK)
-      qf = load(q_ref, l * S, S, 0, BK) * opts.scale * jnp.exp(gl.G - gl.Gn)
+      gl = tc.sub_gates(g_ref, l, ck, BK)
+      qf = load(q_ref, l * S, S, ck, BK) * opts.scale * jnp.exp(gl.G - gl.Gn)
       dl = _sub_docs(doc_ref, t0, l, opts.has_seg)
       return acc_k + mm(same(dl, di, dA_block(l, i)), qf, opts, ta=True) * jnp.exp(gl.Gn - gt.G)
 
@@ -358,7 +372,7 @@ def _dqk_two_level(refs, opts: KernelOptions, t0):
     dg = (state_term + cross + before + mm_sum(later if docs is None else m, dG, opts)
           + mm_sum(earlier, k * dk, opts))
     self_ = _self_terms(dA)
-    _store_dqk(out_refs, ri, S, opts, dq + dq_intra + self_ * k, dk + dk_intra + self_ * q, dg)
+    _store_dqk(out_refs, ri, S, opts, dq + dq_intra + self_ * k, dk + dk_intra + self_ * q, dg, ck)
     if docs is None:
       return acc, dG, d_next, last_next
     return acc, dG, di, last
@@ -404,4 +418,106 @@ def chunk_grads_dqk(q, k, g, v, do, hs, dhs, doc, opts: KernelOptions):
       compiler_params=opts.compiler_params(opts.blocks.dqk_warps),
       interpret=opts.interpret,
       name="gla_chunk_grads_dqk",
+  )(*args)
+
+
+# ------------------------------------------------------------------------------------------------
+# stages 6–7 in one kernel: chunk_grads (dv, dq, dk) and chunk_gate_grad (dg)
+# ------------------------------------------------------------------------------------------------
+
+
+def _grads_dense(refs, opts: KernelOptions, t0):
+  """All gradients of one chunk as one dense block: A (over K) once, dv per V tile; then dA = do vᵀ
+  (over V) once, dq, dk, dg per K tile. Only one of the [C, C] blocks is alive at a time."""
+  q_ref, k_ref, g_ref, v_ref, do_ref, h_ref, dh_ref, doc_ref, dq_ref, dk_ref, dg_ref, dv_ref = refs
+  BK, BV = opts.blocks.grads_bk, opts.blocks.grads_bv
+  nk, nv = opts.K // BK, opts.V // BV
+  docs = tc.chunk_docs(doc_ref, t0, C, opts.has_seg)
+
+  def a_body(kt, A):  # stage 3 again
+    c0 = kt * BK
+    gt = tc.block_gates(g_ref, 0, C, c0, BK)
+    return A + tc.diag_block_fast(load(q_ref, 0, C, c0, BK) * opts.scale, load(k_ref, 0, C, c0, BK),
+                                  gt.G, gt.Gn, opts)
+
+  A = tc.masked(tc.block_mask(docs, 0, 0, C), lax.fori_loop(0, nk, a_body, jnp.zeros((C, C), F32)))
+
+  def dv_body(vt, _):  # dv = Aᵀ do + (k ⊙ e^{Γ−G}) dh
+    cv = vt * BV
+
+    def k_body(kt, acc):
+      c0 = kt * BK
+      gt = tc.block_gates(g_ref, 0, C, c0, BK)
+      kd = rows(tc.row_out(docs, 0), load(k_ref, 0, C, c0, BK) * jnp.exp(gt.gam_row - gt.G))
+      return acc + mm(kd, load(dh_ref, c0, BK, cv, BV), opts)
+
+    acc = lax.fori_loop(0, nk, k_body, mm(A, load(do_ref, 0, C, cv, BV), opts, ta=True))
+    dv_ref[:, pl.ds(cv, BV)] = acc.astype(dv_ref.dtype)
+    return 0
+
+  lax.fori_loop(0, nv, dv_body, 0)
+
+  def da_body(vt, dA):
+    c0 = vt * BV
+    return dA + mm(load(do_ref, 0, C, c0, BV), load(v_ref, 0, C, c0, BV), opts, tb=True)
+
+  dA = lax.fori_loop(0, nv, da_body, jnp.zeros((C, C), F32))
+
+  BKq = opts.blocks.dqk_bk  # narrower K tiles here: many [C, BKq] temporaries are alive at once
+
+  def dqk_body(kt, _):
+    ck = kt * BKq
+    _, dq_inter, dk_inter, hdh = _dqk_v_loop((v_ref, do_ref, h_ref, dh_ref), opts, 0, C, ck, BKq, BV,
+                                              with_dA=False)
+    q = load(q_ref, 0, C, ck, BKq) * opts.scale
+    k = load(k_ref, 0, C, ck, BKq)
+    gt = tc.block_gates(g_ref, 0, C, ck, BKq)
+    _store_dqk((dq_ref, dk_ref, dg_ref), 0, C, opts,
+               *_dqk_finish(docs, dA, q, k, gt, dq_inter, dk_inter, hdh, opts), ck)
+    return 0
+
+  lax.fori_loop(0, opts.K // BKq, dqk_body, 0)
+
+
+def _grads_two_level(refs, opts: KernelOptions, t0):
+  q_ref, k_ref, g_ref, v_ref, do_ref, h_ref, dh_ref, doc_ref, dq_ref, dk_ref, dg_ref, dv_ref = refs
+  dv_refs = (q_ref, k_ref, g_ref, do_ref, dh_ref, doc_ref, dv_ref)
+  lax.fori_loop(0, opts.V // opts.blocks.dv_bv,
+                lambda vt, _: _dv_two_level(dv_refs, opts, t0, vt * opts.blocks.dv_bv) or 0, 0)
+  lax.fori_loop(0, opts.K // opts.blocks.dqk_bk,
+                lambda kt, _: _dqk_two_level(refs[:-1], opts, t0, kt * opts.blocks.dqk_bk) or 0, 0)
+
+
+def chunk_grads_kernel(*refs, opts: KernelOptions):
+  q_ref, k_ref, g_ref, v_ref, do_ref, h_ref, dh_ref, *rest = refs
+  doc_ref = rest.pop(0) if opts.has_seg else None
+  step_refs = (q_ref, k_ref, g_ref, v_ref, do_ref, h_ref, dh_ref, doc_ref, *rest)
+  t0 = pl.program_id(0) * C
+  span = tc.chunk_span(g_ref, 0, opts.K, opts.blocks.grads_bk) if opts.path == "auto" else None
+  tc.choose_path(opts, span, functools.partial(_grads_dense, step_refs, opts, t0),
+                 functools.partial(_grads_two_level, step_refs, opts, t0))
+
+
+def chunk_grads(q, k, g, v, do, hs, dhs, doc, opts: KernelOptions):
+  """→ dq, dk [B, T, H, K] (q.dtype), dg (g.dtype), dv [B, T, H, V]; one program per (chunk, b·h)."""
+  B, T, H, K, V, N = opts.B, opts.T, opts.H, opts.K, opts.V, opts.N
+  blk = lambda D: pl.BlockSpec((None, C, None, D), lambda n, bh: (bh // H, n, bh % H, 0))
+  state = pl.BlockSpec((None, None, K, V), lambda n, bh: (bh, n, 0, 0))
+  in_specs = [blk(K), blk(K), blk(K), blk(V), blk(V), state, state]
+  args = [q, k, g, v, do, hs, dhs]
+  if opts.has_seg:
+    in_specs.append(pl.BlockSpec((None, T), lambda n, bh: (bh // H, 0)))
+    args.append(doc)
+  return pl.pallas_call(
+      functools.partial(chunk_grads_kernel, opts=opts),
+      grid=(N, B * H),
+      in_specs=in_specs,
+      out_specs=[blk(K), blk(K), blk(K), blk(V)],
+      out_shape=[compat.pallas_out_struct((B, T, H, K), jnp.dtype(opts.dtype), q),
+                 compat.pallas_out_struct((B, T, H, K), jnp.dtype(opts.dtype), q),
+                 compat.pallas_out_struct((B, T, H, K), jnp.dtype(opts.g_dtype), q),
+                 compat.pallas_out_struct((B, T, H, V), jnp.dtype(opts.dtype), q)],
+      compiler_params=opts.compiler_params(opts.blocks.grads_warps),
+      interpret=opts.interpret,
+      name="gla_chunk_grads",
   )(*args)

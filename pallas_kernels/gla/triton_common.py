@@ -61,7 +61,11 @@ class BlockSizes:
   dqk_bk: int  # chunk_grads_dqk: K tile = grid axis (also the width of the exact [16, 16, W] blocks)
   dqk_bv: int  # chunk_grads_dqk: V loop tile
   dqk_warps: int
+  grads_bk: int  # chunk_grads (dv, dq, dk, dg in one kernel): K and V loop tiles
+  grads_bv: int
+  grads_warps: int
   num_stages: int = 2
+  fused_grads: bool = True  # chunk_grads, else chunk_grads_dv + chunk_grads_dqk
 
   @classmethod
   def get_default(cls, B: int, H: int, K: int, V: int) -> "BlockSizes":
@@ -77,7 +81,8 @@ class BlockSizes:
     return cls(fwd_bk=bk, fwd_bv=bv, fwd_warps=8,
                state_bk=sbk, state_bv=sbv, state_warps=4,
                dv_bk=min(K, 64), dv_bv=min(V, 64), dv_warps=8,
-               dqk_bk=min(K, 32), dqk_bv=min(V, 64), dqk_warps=8)
+               dqk_bk=min(K, 32), dqk_bv=min(V, 64), dqk_warps=8,
+               grads_bk=min(K, 64), grads_bv=min(V, 64), grads_warps=8)
 
 
 @dataclasses.dataclass(frozen=True)
