@@ -155,7 +155,23 @@ def chunk_costs(C: int, K: int, V: int, S: int = 8, itemsize: int = 2, g_itemsiz
 # `python -m pallas_kernels.gla.tpu_aot` (deviceless AOT compile: jax/jaxlib 0.10.2, libtpu 0.0.42.1,
 # 2026-11-22; bf16 inputs, float32 gates, no segment_ids, S = 8). Key: (chip, K, V, C, heads per step).
 # A grid step covers `hb` heads of one chunk. Nothing here ran on a TPU.
-STATIC_BUNDLES: dict[tuple[str, int, int, int, int], dict[str, int]] = {}
+STATIC_BUNDLES: dict[tuple[str, int, int, int, int], dict[str, int]] = {
+    ('v5e', 128, 256, 64, 4): {"gla_chunk_fwd": 1979, "gla_chunk_state_pass": 757, "gla_chunk_bwd": 4479},
+    ('v5e', 128, 256, 128, 4): {"gla_chunk_fwd": 3451, "gla_chunk_state_pass": 951, "gla_chunk_bwd": 9645},
+    ('v5e', 256, 512, 64, 4): {"gla_chunk_fwd": 4675, "gla_chunk_state_pass": 2096, "gla_chunk_bwd": 9753},
+    ('v5e', 256, 512, 128, 2): {"gla_chunk_fwd": 4091, "gla_chunk_state_pass": 1375, "gla_chunk_bwd": 10254},
+    ('v5p', 128, 256, 64, 4): {"gla_chunk_fwd": 2072, "gla_chunk_state_pass": 727, "gla_chunk_bwd": 4560},
+    ('v5p', 128, 256, 128, 4): {"gla_chunk_fwd": 3579, "gla_chunk_state_pass": 915, "gla_chunk_bwd": 9838},
+    ('v5p', 256, 512, 64, 4): {"gla_chunk_fwd": 4775, "gla_chunk_state_pass": 1888, "gla_chunk_bwd": 9686},
+    ('v5p', 256, 512, 128, 2): {"gla_chunk_fwd": 4192, "gla_chunk_state_pass": 1297, "gla_chunk_bwd": 10477},
+    ('v6e', 128, 256, 64, 4): {"gla_chunk_fwd": 1735, "gla_chunk_state_pass": 537, "gla_chunk_bwd": 4001},
+    ('v6e', 128, 256, 128, 4): {"gla_chunk_fwd": 3463, "gla_chunk_state_pass": 700, "gla_chunk_bwd": 7564},
+    ('v6e', 256, 512, 64, 4): {"gla_chunk_fwd": 3664, "gla_chunk_state_pass": 1311, "gla_chunk_bwd": 7490},
+    ('v6e', 256, 512, 128, 2): {"gla_chunk_fwd": 3577, "gla_chunk_state_pass": 998, "gla_chunk_bwd": 7456},
+    ('v5e', 128, 256, 64, 1): {"gla_chunk_fwd": 628, "gla_chunk_state_pass": 254, "gla_chunk_bwd": 1257},
+    ('v5e', 256, 512, 64, 1): {"gla_chunk_fwd": 1378, "gla_chunk_state_pass": 542, "gla_chunk_bwd": 2319},
+    ('v5e', 128, 256, 128, 1): {"gla_chunk_fwd": 1051, "gla_chunk_state_pass": 310, "gla_chunk_bwd": 2582},
+}
 
 SHAPES = {  # DESIGN.md §3 / BENCHMARKS.md layer shapes: B, T, H, K, V
     "340M": (8, 2048, 4, 128, 256),
