@@ -64,7 +64,10 @@ class MQARConfig:
 class TextConfig:
   """Text LM data: a tfds array_record dataset over local files, read through grain, packed with EOS."""
 
-  corpus: str = "stdlib"  # "stdlib" (this interpreter's standard-library sources) or a directory of text files
+  corpus: str = "stdlib"  # "stdlib" (this interpreter's stdlib sources), a directory of text files, or
+  #                         "tfds:<name>" for a tfds catalog dataset (downloads at build time: needs the network)
+  text_key: str = "text"  # feature holding the text in a catalog dataset
+  eval_split: str = "validation"  # split used for evaluation (catalog sets may only have "test")
   glob: str = "**/*.py"  # which files of a directory corpus to take (sorted)
   tokenizer: Literal["byte", "bpe"] = "byte"  # byte-level (nothing to download) or a BPE trained locally
   bpe_vocab_size: int = 4096  # vocabulary of the locally trained BPE

@@ -172,6 +172,7 @@ class Trainer:
       self.save(wait=True)
     finally:
       prefetch.close()
+      self.train_src.set_state(self._data_state)  # the prefetcher may have read ahead of the last step
       bar.close()
       writer.close()
       stop.restore()

@@ -1,5 +1,8 @@
 """Two `jax.distributed` CPU processes on localhost (2 devices each) train the tiny model together: both see
-the same losses, which equal a one-process run over 4 devices with the same global batch."""
+the same losses, which equal a one-process run over 4 devices with the same global batch.
+
+Marked slow (two extra Python processes that each import JAX and compile: ~1 CPU-minute, too much for the
+CI budget); run it with `python -m pytest --runslow tests/train/test_distributed.py`."""
 
 import json
 import os
@@ -41,6 +44,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(jax.devices()) < 4, reason="needs 4 (fake) devices for the reference run")
 def test_two_processes_train_like_one(tmp_path):
   address = f"127.0.0.1:{_free_port()}"

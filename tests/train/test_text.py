@@ -153,3 +153,13 @@ def test_packed_documents_are_independent_in_the_model(corpus):
   assert float(jnp.abs(b[:, :17] - a[:, :17]).max()) > 1e-3
   c, d = model(x), model(x2)  # without segment_ids the second document sees the first
   assert float(jnp.abs(d[:, 17:] - c[:, 17:]).max()) > 1e-4
+
+
+def test_unknown_catalog_dataset_is_a_clear_error(tmp_path):
+  from train.config import ConfigError
+  from train.data import make_sources
+  from tests.train.common import tiny_config
+  config = tiny_config(tmp_path, "data.kind=text", "data.text.corpus=tfds:no_such_dataset_xyz",
+                       f"data.text.data_dir={tmp_path}", "model.vocab_size=320")
+  with pytest.raises(ConfigError, match="'tfds:no_such_dataset_xyz': not a tfds catalog dataset"):
+    make_sources(config)

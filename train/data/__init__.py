@@ -34,14 +34,19 @@ def make_sources(config: TrainConfig, *, process_index: int = 0, process_count: 
                       f"MQAR and synthetic data need none of them") from e
   except ValueError as e:
     raise ConfigError(str(e)) from e
-  tokenizer = text.make_tokenizer(d.text.tokenizer, builder, d.text.bpe_vocab_size)
+  tokenizer = text.make_tokenizer(d.text.tokenizer, builder, d.text.bpe_vocab_size, d.text.text_key)
   if tokenizer.vocab_size > vocab:
     raise ConfigError(f"model.vocab_size={vocab} is smaller than the {d.text.tokenizer} tokenizer's "
                       f"{tokenizer.vocab_size} tokens")
-  kw = dict(global_batch=d.batch_size, seq_len=d.seq_len, seed=d.text.shuffle_seed,
+  splits = list(builder.info.splits)
+  for split in ("train", d.text.eval_split):
+    if split not in splits:
+      raise ConfigError(f"data.text.corpus={d.text.corpus!r} has splits {splits}, no {split!r} "
+                        f"(set data.text.eval_split)")
+  kw = dict(global_batch=d.batch_size, seq_len=d.seq_len, seed=d.text.shuffle_seed, text_key=d.text.text_key,
             process_index=process_index, process_count=process_count)
   return (text.TextSource(builder, tokenizer, split="train", **kw),
-          text.TextSource(builder, tokenizer, split="validation", **kw), tokenizer)
+          text.TextSource(builder, tokenizer, split=d.text.eval_split, **kw), tokenizer)
 
 
 def data_dir(config: TrainConfig) -> str:

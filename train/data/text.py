@@ -121,8 +121,15 @@ def _builder_class():
 
 
 def build_dataset(corpus: str, glob: str, data_dir: str, validation_every: int = 50):
-  """Builds (once) and returns the tfds builder; its config name carries the corpus hash."""
+  """Builds (once) and returns the tfds builder; its config name carries the corpus hash.
+
+  `corpus="tfds:<name>"` takes a dataset from the tfds catalog instead (e.g. "tfds:lm1b"), prepared as
+  array_record; that downloads its sources, so it needs the network the first time.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.disable_progress_bar()
+  if corpus.startswith("tfds:"):
+    return _catalog_builder(corpus[len("tfds:"):], data_dir)
   root, files = resolve_corpus(corpus, glob)
   digest = corpus_hash(root, files)
   name = f"{'stdlib' if corpus == 'stdlib' else 'dir'}-{digest}-v{validation_every}"
@@ -136,10 +143,25 @@ def build_dataset(corpus: str, glob: str, data_dir: str, validation_every: int =
   return builder
 
 
+def _catalog_builder(name: str, data_dir: str):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  except Exception as e:  # DatasetNotFoundError and friends
+    first = str(e).splitlines()[0] if str(e) else ""
+    raise ValueError(f"data.text.corpus='tfds:{name}': not a tfds catalog dataset ({type(e).__name__}: {first})") from e
+  try:
+    builder.download_and_prepare()
+  except Exception as e:
+    raise ValueError(f"data.text.corpus='tfds:{name}': could not download and prepare it (offline?): "
+                     f"{type(e).__name__}: {str(e)[:300]}") from e
+  return builder
+
+
 # ------------------------------------------------------------------------------------------------ tokenizer
 
 
-def make_tokenizer(kind: str, builder=None, bpe_vocab_size: int = 4096):
+def make_tokenizer(kind: str, builder=None, bpe_vocab_size: int = 4096, text_key: str = "text"):
   if kind == "byte":
     return ByteTokenizer()
   if kind != "bpe":
@@ -148,7 +170,7 @@ def make_tokenizer(kind: str, builder=None, bpe_vocab_size: int = 4096):
   if os.path.exists(path):
     return BPETokenizer.load(path)
   source = builder.as_data_source()["train"]
-  texts = (_as_str(source[i]["text"]) for i in range(len(source)))
+  texts = (_as_str(source[i][text_key]) for i in range(len(source)))
   return BPETokenizer.train(texts, bpe_vocab_size, path)
 
 
@@ -168,7 +190,7 @@ def document_features(text: Any, tokenizer) -> dict[str, np.ndarray]:
 
 
 def packed_dataset(source, tokenizer, *, seq_len: int, batch_size: int, seed: int, train: bool,
-                   process_index: int = 0, process_count: int = 1):
+                   process_index: int = 0, process_count: int = 1, text_key: str = "text"):
   """grain IterDataset of packed batches {inputs, targets, segment_ids, mask} of shape [batch_size, T]."""
   import grain  # pylint: disable=g-import-not-at-top
   ds = grain.MapDataset.source(source)
@@ -177,7 +199,7 @@ def packed_dataset(source, tokenizer, *, seq_len: int, batch_size: int, seed: in
     ds = ds.shuffle(seed=seed).repeat(None)  # a new order every epoch
   else:
     ds = ds.repeat(None)  # evaluation reads from the start each time, cycling if short
-  ds = ds.map(lambda ex: document_features(ex["text"], tokenizer))
+  ds = ds.map(lambda ex: document_features(ex[text_key], tokenizer))
   it = grain.experimental.ConcatThenSplitIterDataset(
       ds.to_iter_dataset(), length_struct={"inputs": seq_len, "targets": seq_len})
   it = it.map(_to_batch_row)
@@ -194,14 +216,14 @@ class TextSource:
   """This host's packed batches, with the grain iterator position as its checkpointable state."""
 
   def __init__(self, builder, tokenizer, *, split: str, global_batch: int, seq_len: int, seed: int,
-               process_index: int = 0, process_count: int = 1):
+               process_index: int = 0, process_count: int = 1, text_key: str = "text"):
     if global_batch % process_count:
       raise ValueError(f"global_batch={global_batch} must be a multiple of process_count={process_count}")
     self.tokenizer = tokenizer
     source = builder.as_data_source()[split]
     self._ds = packed_dataset(source, tokenizer, seq_len=seq_len, batch_size=global_batch // process_count,
                               seed=seed, train=split == "train", process_index=process_index,
-                              process_count=process_count)
+                              process_count=process_count, text_key=text_key)
     self._it = iter(self._ds)
 
   def next(self) -> dict[str, np.ndarray]:
