@@ -81,17 +81,14 @@ def _variants(shape):
   from pallas_kernels.gla.triton_common import BlockSizes, padded_dim
   B, T, H, K, V = shape
   Kp, Vp = padded_dim(K), padded_dim(V)
-  base = BlockSizes.get_default(B, H, Kp, Vp)
+  base = BlockSizes.get_default(B, H, Kp, Vp, T)
   changes = {
-      "split_grads": dict(fused_grads=False),
-      "w4": dict(fwd_warps=4, dv_warps=4, dqk_warps=4, grads_warps=4),
-      "stages3": dict(num_stages=3),
-      "fwd_bv128": dict(fwd_bv=min(128, Vp)),
-      "fwd_bv32": dict(fwd_bv=min(32, Vp)),
-      "grads_bk128": dict(grads_bk=min(128, Kp), grads_bv=min(128, Vp)),
+      "grads_w4": dict(grads_warps=4),
+      "grads_bk64": dict(grads_bk=min(64, Kp), grads_bv=min(64, Vp)),
+      "fwd_par" if not base.fwd_parallel else "fwd_seq": dict(fwd_parallel=not base.fwd_parallel),
   }
   out = {name: dict(block_sizes=dataclasses.replace(base, **c)) for name, c in changes.items()}
-  out["bf16_states"] = dict(state_dtype="bfloat16")
+  out["f32_states"] = dict(state_dtype="float32")
   return out
 
 
@@ -226,6 +223,8 @@ def run_jax(out_dir, shape_names, variants_for, save_ref_for, interpret: bool = 
 
 def run_breakdown(out_dir, shape_names, interpret: bool = False):
   """Time each of our kernels alone (default block sizes) to see where fwd+bwd time goes."""
+  import dataclasses
+
   import jax
   import jax.numpy as jnp
   from pallas_kernels.gla import triton_bwd, triton_fwd
@@ -239,9 +238,13 @@ def run_breakdown(out_dir, shape_names, interpret: bool = False):
     opts, (q, k, v, g, h0, doc) = prepare(q, k, v, g, interpret=interpret)
     B, T, H, K, V = shape
     dht = jnp.zeros((B, H, opts.K, opts.V), jnp.float32)
+    par = dataclasses.replace(opts, blocks=dataclasses.replace(opts.blocks, fwd_parallel=True))
+    seq = dataclasses.replace(opts, blocks=dataclasses.replace(opts.blocks, fwd_parallel=False))
     stages = {
-        "chunk_fwd(+fixup)": (lambda q, k, v, g: triton_fwd.chunk_fwd(q, k, v, g, None, None, opts),
-                              (q, k, v, g)),
+        "chunk_fwd (sequential forward, +fixup)": (
+            lambda q, k, v, g: triton_fwd.chunk_fwd(q, k, v, g, None, None, seq), (q, k, v, g)),
+        "sequence-parallel forward (state pass + chunk_output + fixup)": (
+            lambda q, k, v, g: triton_fwd.chunk_fwd(q, k, v, g, None, None, par), (q, k, v, g)),
         "chunk_state_pass": (lambda k, v, g: triton_fwd.chunk_state_pass(k, v, g, None, None, opts),
                              (k, v, g)),
         "chunk_state_grad_pass": (
@@ -249,13 +252,7 @@ def run_breakdown(out_dir, shape_names, interpret: bool = False):
     }
     hs = jax.jit(stages["chunk_state_pass"][0])(k, v, g)
     dhs, _ = jax.jit(stages["chunk_state_grad_pass"][0])(q, do, g)
-    stages["chunk_grads_dv"] = (
-        lambda q, k, g, do, dhs: triton_bwd.chunk_grads_dv(q, k, g, do, dhs, None, opts),
-        (q, k, g, do, dhs))
-    stages["chunk_grads_dqk"] = (
-        lambda q, k, g, v, do, hs, dhs: triton_bwd.chunk_grads_dqk(q, k, g, v, do, hs, dhs, None, opts),
-        (q, k, g, v, do, hs, dhs))
-    stages["chunk_grads (fused)"] = (
+    stages["chunk_grads"] = (
         lambda q, k, g, v, do, hs, dhs: triton_bwd.chunk_grads(q, k, g, v, do, hs, dhs, None, opts),
         (q, k, g, v, do, hs, dhs))
     rec = {"kind": "breakdown", "shape": name, "dims": shape, "blocks": str(opts.blocks)}

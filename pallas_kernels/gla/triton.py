@@ -5,13 +5,15 @@
 
 Registered as `chunk_gla(..., impl="triton")` and preferred by `impl="auto"` on GPUs. The stages mirror
 `chunk.py` by name (chunk_local_cumsum, chunk_state_pass, chunk_intra_attention, chunk_output,
-chunk_state_grad_pass, chunk_grads, chunk_gate_grad); five kernels implement them:
+chunk_state_grad_pass, chunk_grads, chunk_gate_grad); the kernels:
 
-  forward   `chunk_fwd` (triton_fwd.py)       stages 1–4 fused, sequential over chunks, state in registers
-  backward  `chunk_state_pass` (triton_fwd.py) stage 2 again: h entering each chunk → HBM
-            `chunk_state_grad_pass`           stage 5: dh leaving each chunk → HBM, and d initial_state
-            `chunk_grads_dv`                   stage 6 for dv (parallel over chunks)
-            `chunk_grads_dqk`                  stages 6–7 for dq, dk, dg (parallel over chunks)
+  forward   `chunk_fwd` (triton_fwd.py)        stages 1–4 fused, sequential over chunks, state in registers
+            or, for long sequences with few batch·heads, `chunk_state_pass` + `chunk_output`
+            (sequence-parallel: h of every chunk → HBM, then every chunk's output in parallel);
+            `chunk_intra_fixup` adds the two-level intra part for the rare chunks that need it
+  backward  `chunk_state_pass` (triton_fwd.py)  stage 2 again: h entering each chunk → HBM
+            `chunk_state_grad_pass`            stage 5: dh leaving each chunk → HBM, and d initial_state
+            `chunk_grads` (triton_bwd.py)      stages 6–7: dq, dk, dv, dg, one program per chunk
 
 Every chunk (64 tokens) takes one of two exact decompositions (triton_common.py): "dense" (the whole
 chunk as one block, tensor-core matmuls only) while the chunk's decay span is below 40 nats, which holds
@@ -21,13 +23,13 @@ matmuls off the diagonal, float32 log space on diagonal blocks whose own span is
 
 What the backward stores vs recomputes: the forward saves nothing but its inputs (q, k, v, g,
 initial_state, the document index); no states, no A. The backward recomputes h per chunk
-(`chunk_state_pass`, reading k, v, g once more) and materialises h and dh per chunk in float32,
-[B·H, N, K, V] each, for the chunk-parallel gradient kernels; A and dA are recomputed inside those
-kernels. At the GLA 1.3B layer shape (B=8, T=2048, H=4, K=256, V=512) the residuals are the inputs
-(q, k, v bf16 + g f32: 8·2048·4·(256·2·2 + 512·2 + 256·4) B = 192 MiB, already alive for the layer) and
-the backward's transient states are 2 × 8·4·32·256·512·4 B = 1 GiB (h and dh; 512 MiB with
-`state_dtype="bfloat16"`). Storing h from the forward instead would keep 512 MiB per layer alive until
-the backward (12 GiB for 24 layers) to save one read of k, v, g.
+(`chunk_state_pass`, reading k, v, g once more) and materialises h and dh per chunk, [B·H, N, K, V]
+each (bf16 for bf16 inputs, f32 otherwise), for the chunk-parallel `chunk_grads`; A and dA are
+recomputed there. At the GLA 1.3B layer shape (B=8, T=2048, H=4, K=256, V=512, bf16) the residuals are
+the inputs (q, k, v bf16 + g f32: 8·2048·4·(256·2·2 + 512·2 + 256·4) B = 192 MiB, alive for the layer
+anyway) and the backward's transient states are 2 × 8·4·32·256·512·2 B = 512 MiB (h and dh; 1 GiB in
+f32). Storing h from the forward instead would keep 256 MiB per layer alive until the backward
+(6 GiB for 24 layers) to save one pass over k, v, g (~0.3 ms of ~4 ms at that shape).
 
 Inputs: any T (padded to a multiple of 64 inside), any K and V in 16..512 (padded to a power of two up to
 64 and to a multiple of 64 above), bf16/fp16/f32 q, k, v (bf16 uses bf16 tensor-core operands, fp16 and
@@ -46,8 +48,7 @@ import jax.numpy as jnp
 from pallas_kernels.common.checks import CallInfo, check_gla_inputs, default_scale
 from pallas_kernels.common.segments import doc_index
 from pallas_kernels.gla import ops
-from pallas_kernels.gla.triton_bwd import (chunk_grads, chunk_grads_dqk, chunk_grads_dv,
-                                           chunk_state_grad_pass)
+from pallas_kernels.gla.triton_bwd import chunk_grads, chunk_state_grad_pass
 from pallas_kernels.gla.triton_common import C, F32, PATHS, BlockSizes, KernelOptions, padded_dim
 from pallas_kernels.gla.triton_fwd import chunk_fwd, chunk_state_pass
 
@@ -75,11 +76,7 @@ def _chunk_gla_bwd_rule(opts, residuals, cotangents):
   do = do.astype(v.dtype)
   hs = chunk_state_pass(k, v, g, h0, doc, opts)  # 2 (recomputed)
   dhs, dh0 = chunk_state_grad_pass(q, do, g, dht.astype(F32), doc, opts)  # 5
-  if opts.blocks.fused_grads:
-    dq, dk, dg, dv = chunk_grads(q, k, g, v, do, hs, dhs, doc, opts)  # 6, 7
-  else:
-    dv = chunk_grads_dv(q, k, g, do, dhs, doc, opts)  # 6
-    dq, dk, dg = chunk_grads_dqk(q, k, g, v, do, hs, dhs, doc, opts)  # 6, 7
+  dq, dk, dg, dv = chunk_grads(q, k, g, v, do, hs, dhs, doc, opts)  # 6, 7
   dh0 = None if h0 is None else dh0.astype(h0.dtype)
   return dq, dk, dv, dg, dh0, None
 
@@ -102,7 +99,7 @@ def _pad(x, axis: int, size: int, mode: str = "constant"):
 
 def chunk_gla_triton(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
                      segment_ids=None, chunk_size=64, interpret: bool = False, path: str = "auto",
-                     block_sizes: BlockSizes | None = None, state_dtype: str = "float32"):
+                     block_sizes: BlockSizes | None = None, state_dtype: str | None = None):
   """Chunkwise GLA with Pallas Triton kernels (`chunk_gla`'s contract; see the module docstring).
 
   Args:
@@ -116,7 +113,8 @@ def chunk_gla_triton(q, k, v, g, *, scale=None, initial_state=None, output_final
     path: "auto" (per chunk: dense when safe, else two-level); "dense", "two_level", "exact" force one
       decomposition (tests; "dense" overflows under strong decay).
     block_sizes: tile sizes / warps (default `BlockSizes.get_default`).
-    state_dtype: dtype of the per-chunk states the backward materialises.
+    state_dtype: dtype of the per-chunk states the backward materialises (default: bf16 for bf16
+      inputs, else f32).
 
   Returns:
     (o [B, T, H, V] in v.dtype, final_state [B, H, K, V] float32 or None); differentiable w.r.t. q, k,
@@ -139,7 +137,7 @@ def chunk_gla_triton(q, k, v, g, *, scale=None, initial_state=None, output_final
 
 
 def prepare(q, k, v, g, *, scale=None, initial_state=None, segment_ids=None, chunk_size=64,
-            interpret=False, path="auto", block_sizes=None, state_dtype="float32"):
+            interpret=False, path="auto", block_sizes=None, state_dtype=None):
   """Checks a call and returns (KernelOptions, the kernels' padded operands (q, k, v, g, h0, doc))."""
   info = check_gla_inputs(q, k, v, g, scale=scale, initial_state=initial_state,
                           segment_ids=segment_ids, chunk_size=chunk_size)
@@ -150,7 +148,9 @@ def prepare(q, k, v, g, *, scale=None, initial_state=None, segment_ids=None, chu
     raise ValueError(f"path must be one of {PATHS}, got {path!r}")
   B, T, H, K, V = info.B, info.T, info.H, info.K, info.V
   Tp, Kp, Vp = -(-T // C) * C, padded_dim(K), padded_dim(V)
-  blocks = block_sizes or BlockSizes.get_default(B, H, Kp, Vp)
+  blocks = block_sizes or BlockSizes.get_default(B, H, Kp, Vp, Tp)
+  if state_dtype is None:  # bf16 inputs: bf16 states (their products are rounded to bf16 anyway)
+    state_dtype = "bfloat16" if q.dtype == jnp.bfloat16 else "float32"
   opts = KernelOptions(scale=default_scale(scale, K), B=B, H=H, T=Tp, K=Kp, V=Vp,
                        dtype=jnp.dtype(q.dtype).name, g_dtype=jnp.dtype(g.dtype).name,
                        has_h0=initial_state is not None, has_seg=segment_ids is not None,

@@ -1,10 +1,10 @@
 """Backward kernels of the Pallas Triton GLA (stages 5–7 of `chunk.py`).
 
   chunk_state_grad_pass  stage 5: dh leaving every chunk (reverse sweep, K and V tiled) and d initial_state
-  chunk_grads_dv         stage 6, dv = Aᵀ do + (k ⊙ e^{Γ−G}) dh; one program per (V tile, chunk, b·h),
-                         looping over K (A and the state term both sum over K)
-  chunk_grads_dqk        stages 6–7, dq, dk and dg of one K tile; one program per (K tile, chunk, b·h),
-                         looping over V (dA = do vᵀ, do hᵀ, v dhᵀ and Σ_v h ⊙ dh all sum over V)
+  chunk_grads            stages 6–7 for one chunk per program (chunk, b·h), all of K and V: A (a sum
+                         over K) once, then dv = Aᵀ do + (k ⊙ e^{Γ−G}) dh per V tile; dA = do vᵀ (a sum
+                         over V) once, then dq, dk and dg per K tile with the sums do hᵀ, v dhᵀ,
+                         Σ_v h ⊙ dh. Every input is read once per chunk and A, dA are formed once.
 
 dg keeps `chunk.py`'s three separately summed terms (no cancellation of large numbers):
 * the local term dG = q ⊙ dq − k ⊙ dk_intra *without* the s = t self terms, reverse-cumsummed within the
@@ -85,29 +85,6 @@ def chunk_state_grad_pass(q, do, g, dht, doc, opts: KernelOptions):
 # ------------------------------------------------------------------------------------------------
 
 
-def _dv_dense(refs, opts: KernelOptions, t0):
-  """dv of one chunk as one block (the chunk's span is small)."""
-  q_ref, k_ref, g_ref, do_ref, dh_ref, doc_ref, dv_ref = refs
-  BK, BV = opts.blocks.dv_bk, opts.blocks.dv_bv
-  docs = tc.chunk_docs(doc_ref, t0, C, opts.has_seg)
-
-  def k_body(kt, carry):
-    A, dv = carry
-    c0 = kt * BK
-    q = load(q_ref, 0, C, c0, BK) * opts.scale
-    k = load(k_ref, 0, C, c0, BK)
-    gt = tc.block_gates(g_ref, 0, C, c0, BK)
-    A = A + tc.diag_block_fast(q, k, gt.G, gt.Gn, opts)
-    kd = rows(tc.row_out(docs, 0), k * jnp.exp(gt.gam_row - gt.G))
-    return A, dv + mm(kd, load(dh_ref, c0, BK, 0, BV), opts)
-
-  A, dv = lax.fori_loop(0, opts.K // BK, k_body,
-                        (jnp.zeros((C, C), F32), jnp.zeros((C, BV), F32)))
-  A = tc.masked(tc.block_mask(docs, 0, 0, C), A)
-  dv = dv + mm(A, load(do_ref, 0, C, 0, BV), opts, ta=True)
-  dv_ref[...] = dv.astype(dv_ref.dtype)
-
-
 def _sub_docs(doc_ref, t0, u, has_seg):
   return doc_ref[pl.ds(t0 + u * tc.S_FINE, tc.S_FINE)] if has_seg else None
 
@@ -159,49 +136,6 @@ def _dv_two_level(refs, opts: KernelOptions, t0, cv=0):
     return 0
 
   lax.fori_loop(0, C // S, j_body, 0)
-
-
-def chunk_grads_dv_kernel(*refs, opts: KernelOptions):
-  q_ref, k_ref, g_ref, do_ref, dh_ref, *rest = refs
-  doc_ref = rest.pop(0) if opts.has_seg else None
-  (dv_ref,) = rest
-  t0 = pl.program_id(1) * C
-  step_refs = (q_ref, k_ref, g_ref, do_ref, dh_ref, doc_ref, dv_ref)
-  span = tc.chunk_span(g_ref, 0, opts.K, opts.blocks.dv_bk) if opts.path == "auto" else None
-  tc.choose_path(opts, span, functools.partial(_dv_dense, step_refs, opts, t0),
-                 functools.partial(_dv_two_level, step_refs, opts, t0))
-
-
-def chunk_block(D: int, H: int, tile_of):
-  """BlockSpec of one chunk of one (b, h) of a [B, T, H, D] array; grid = (tiles, N, B·H)."""
-  return pl.BlockSpec((None, C, None, D), lambda j, n, bh: (bh // H, n, bh % H, tile_of(j)))
-
-
-def chunk_doc_block(T: int, H: int):
-  return pl.BlockSpec((None, T), lambda j, n, bh: (bh // H, 0))
-
-
-def chunk_grads_dv(q, k, g, do, dhs, doc, opts: KernelOptions):
-  B, T, H, K, V, N = opts.B, opts.T, opts.H, opts.K, opts.V, opts.N
-  BV = opts.blocks.dv_bv
-  full, tile = (lambda j: 0), (lambda j: j)
-  in_specs = [chunk_block(K, H, full), chunk_block(K, H, full), chunk_block(K, H, full),
-              chunk_block(BV, H, tile),
-              pl.BlockSpec((None, None, K, BV), lambda j, n, bh: (bh, n, 0, j))]
-  args = [q, k, g, do, dhs]
-  if opts.has_seg:
-    in_specs.append(chunk_doc_block(T, H))
-    args.append(doc)
-  return pl.pallas_call(
-      functools.partial(chunk_grads_dv_kernel, opts=opts),
-      grid=(V // BV, N, B * H),
-      in_specs=in_specs,
-      out_specs=chunk_block(BV, H, tile),
-      out_shape=compat.pallas_out_struct((B, T, H, V), jnp.dtype(opts.dtype), q),
-      compiler_params=opts.compiler_params(opts.blocks.dv_warps),
-      interpret=opts.interpret,
-      name="gla_chunk_grads_dv",
-  )(*args)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -286,18 +220,6 @@ def _dqk_finish(docs, dA, q, k, gt, dq_inter, dk_inter, hdh, opts):
   return dq + dq_intra + self_ * k, dk + dk_intra + self_ * q, dg
 
 
-def _dqk_dense(refs, opts: KernelOptions, t0):
-  """dq, dk, dg of one K tile of one chunk as one block (the tile's span is small)."""
-  q_ref, k_ref, g_ref, v_ref, do_ref, h_ref, dh_ref, doc_ref, *out_refs = refs
-  BK = opts.blocks.dqk_bk
-  docs = tc.chunk_docs(doc_ref, t0, C, opts.has_seg)
-  dA, dq_inter, dk_inter, hdh = _dqk_v_loop((v_ref, do_ref, h_ref, dh_ref), opts, 0, C)
-  q = load(q_ref, 0, C, 0, BK) * opts.scale
-  k = load(k_ref, 0, C, 0, BK)
-  gt = tc.block_gates(g_ref, 0, C, 0, BK)
-  _store_dqk(out_refs, 0, C, opts, *_dqk_finish(docs, dA, q, k, gt, dq_inter, dk_inter, hdh, opts))
-
-
 def _dqk_two_level(refs, opts: KernelOptions, t0, ck=0):
   """dq, dk, dg of one K tile (columns ck .. ck + dqk_bk − 1) of one chunk with 16-row sub-chunks, last
   sub-chunk first: dg's reverse cumsum over later sub-chunks is carried as a column sum restricted to
@@ -380,45 +302,6 @@ def _dqk_two_level(refs, opts: KernelOptions, t0, ck=0):
   d0 = jnp.zeros((S,), jnp.int32) if docs is None else _sub_docs(doc_ref, t0, ns - 1, True)
   last0 = jnp.zeros((), jnp.int32)
   lax.fori_loop(0, ns, i_body, (jnp.zeros((1, BK), F32), jnp.zeros((S, BK), F32), d0, last0))
-
-
-def chunk_grads_dqk_kernel(*refs, opts: KernelOptions):
-  q_ref, k_ref, g_ref, v_ref, do_ref, h_ref, dh_ref, *rest = refs
-  doc_ref = rest.pop(0) if opts.has_seg else None
-  dq_ref, dk_ref, dg_ref = rest
-  t0 = pl.program_id(1) * C
-  step_refs = (q_ref, k_ref, g_ref, v_ref, do_ref, h_ref, dh_ref, doc_ref, dq_ref, dk_ref, dg_ref)
-  BK = opts.blocks.dqk_bk
-  span = tc.chunk_span(g_ref, 0, BK, BK) if opts.path == "auto" else None
-  tc.choose_path(opts, span, functools.partial(_dqk_dense, step_refs, opts, t0),
-                 functools.partial(_dqk_two_level, step_refs, opts, t0))
-
-
-def chunk_grads_dqk(q, k, g, v, do, hs, dhs, doc, opts: KernelOptions):
-  """→ dq, dk [B, T, H, K] (q.dtype), dg [B, T, H, K] (g.dtype)."""
-  B, T, H, K, V, N = opts.B, opts.T, opts.H, opts.K, opts.V, opts.N
-  BK = opts.blocks.dqk_bk
-  full, tile = (lambda j: 0), (lambda j: j)
-  state = pl.BlockSpec((None, None, BK, V), lambda j, n, bh: (bh, n, j, 0))
-  in_specs = [chunk_block(BK, H, tile), chunk_block(BK, H, tile), chunk_block(BK, H, tile),
-              chunk_block(V, H, full), chunk_block(V, H, full), state, state]
-  args = [q, k, g, v, do, hs, dhs]
-  if opts.has_seg:
-    in_specs.append(chunk_doc_block(T, H))
-    args.append(doc)
-  out = chunk_block(BK, H, tile)
-  return pl.pallas_call(
-      functools.partial(chunk_grads_dqk_kernel, opts=opts),
-      grid=(K // BK, N, B * H),
-      in_specs=in_specs,
-      out_specs=[out, out, out],
-      out_shape=[compat.pallas_out_struct((B, T, H, K), jnp.dtype(opts.dtype), q),
-                 compat.pallas_out_struct((B, T, H, K), jnp.dtype(opts.dtype), q),
-                 compat.pallas_out_struct((B, T, H, K), jnp.dtype(opts.g_dtype), q)],
-      compiler_params=opts.compiler_params(opts.blocks.dqk_warps),
-      interpret=opts.interpret,
-      name="gla_chunk_grads_dqk",
-  )(*args)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -55,34 +55,43 @@ class BlockSizes:
   state_bk: int  # chunk_state_pass / chunk_state_grad_pass: both K and V are grid axes
   state_bv: int
   state_warps: int
-  dv_bk: int  # chunk_grads_dv: K loop tile
-  dv_bv: int  # chunk_grads_dv: V tile = grid axis
-  dv_warps: int
-  dqk_bk: int  # chunk_grads_dqk: K tile = grid axis (also the width of the exact [16, 16, W] blocks)
-  dqk_bv: int  # chunk_grads_dqk: V loop tile
-  dqk_warps: int
-  grads_bk: int  # chunk_grads (dv, dq, dk, dg in one kernel): K and V loop tiles
+  grads_bk: int  # chunk_grads: K and V loop tiles of A, dA and dv
   grads_bv: int
   grads_warps: int
+  dqk_bk: int  # chunk_grads: K tile of dq, dk, dg (many [64, dqk_bk] temporaries are alive at once;
+  #              also the width of the exact [16, 16, W] blocks of the two-level path)
+  dqk_bv: int  # V loop tile of the dq, dk sums of the two-level path
+  dv_bk: int  # K, V tiles of the two-level dv
+  dv_bv: int
+  out_bv: int = 64  # chunk_output (sequence-parallel forward): V tile = grid axis
+  fwd_parallel: bool = False  # forward as chunk_state_pass + chunk_output instead of chunk_fwd
   num_stages: int = 2
-  fused_grads: bool = True  # chunk_grads, else chunk_grads_dv + chunk_grads_dqk
+
+  @property
+  def fixup_bv(self) -> int:
+    return self.out_bv if self.fwd_parallel else self.fwd_bv
 
   @classmethod
-  def get_default(cls, B: int, H: int, K: int, V: int) -> "BlockSizes":
-    """K, V already padded (`padded_dim`). Keeps the carried state ≤ 16K floats per program and the
-    sequential forward at ≥ ~2 programs per SM of an H100 where the V tiling allows it."""
-    bk = min(K, 64)
-    bv = min(V, 64, max(16, 16384 // K))
-    while bv > 32 and B * H * (V // bv) < 132:
+  def get_default(cls, B: int, H: int, K: int, V: int, T: int = 2048) -> "BlockSizes":
+    """K, V (padded, `padded_dim`) and T; tuned on an H100 (benchmarks/RESULTS.md).
+
+    The fused forward keeps h [K, BV] in registers (≤ 16K floats) and walks the chunks of one
+    (b·h, V tile) in order, ~12 µs per chunk: the widest V tile that still gives ≥ ~1 program per
+    SM. Where that makes a long chain per SM (chunks × waves ≥ 96: long sequences, few b·h), the
+    forward is sequence-parallel instead (state pass + chunk-parallel output)."""
+    bv = min(V, 128, max(16, 16384 // K))
+    while bv > 32 and B * H * (V // bv) < 120:
       bv //= 2
+    waves = -(-(B * H * (V // bv)) // 132)
+    fwd_parallel = (-(-T // C)) * waves >= 96
     sbk, sbv = min(K, 64), min(V, 64)
     while sbv > 16 and B * H * (K // sbk) * (V // sbv) < 264:
       sbv //= 2
-    return cls(fwd_bk=bk, fwd_bv=bv, fwd_warps=8,
+    return cls(fwd_bk=min(K, 64), fwd_bv=bv, fwd_warps=8,
                state_bk=sbk, state_bv=sbv, state_warps=4,
-               dv_bk=min(K, 64), dv_bv=min(V, 64), dv_warps=8,
-               dqk_bk=min(K, 32), dqk_bv=min(V, 64), dqk_warps=8,
-               grads_bk=min(K, 64), grads_bv=min(V, 64), grads_warps=8)
+               grads_bk=min(K, 128), grads_bv=min(V, 128), grads_warps=8,
+               dqk_bk=min(K, 32), dqk_bv=min(V, 64), dv_bk=min(K, 64), dv_bv=min(V, 64),
+               out_bv=min(V, 64), fwd_parallel=fwd_parallel)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,14 +29,15 @@ pl = tc.pl
 # ------------------------------------------------------------------------------------------------
 
 
-def _fwd_step(refs, opts: KernelOptions, t0, h, dense_ok):
+def _fwd_step(refs, opts: KernelOptions, t0, h, dense_ok, doc_t0=None, BV=None):
   """Stages 1–4 for the chunk at row t0 as one dense block: stores o, returns the next state (a tuple of
   [BK, BV] tiles in registers). Where `dense_ok` is False the intra part is left out (o = (q ⊙ e^G) h
   only) and `chunk_intra_fixup` adds it later; the state update and the inter part are always exact
-  (all their exponents are ≤ 0). refs = (q, k, v, g, doc, o) refs holding the whole sequence."""
+  (all their exponents are ≤ 0). refs = (q, k, v, g, doc, o) refs with the chunk at row t0; the doc
+  index is read at row doc_t0 (default t0)."""
   q_ref, k_ref, v_ref, g_ref, doc_ref, o_ref = refs
-  BK, BV = opts.blocks.fwd_bk, opts.blocks.fwd_bv
-  docs = tc.chunk_docs(doc_ref, t0, C, opts.has_seg)
+  BK, BV = opts.blocks.fwd_bk, BV or opts.blocks.fwd_bv
+  docs = tc.chunk_docs(doc_ref, t0 if doc_t0 is None else doc_t0, C, opts.has_seg)
   v = load(v_ref, t0, C, 0, BV)
   o = jnp.zeros((C, BV), F32)
   A = jnp.zeros((C, C), F32)
@@ -104,7 +105,17 @@ def doc_block(T: int, H: int):
 
 def chunk_fwd(q, k, v, g, h0, doc, opts: KernelOptions):
   """q, k, g [B, T, H, K]; v [B, T, H, V]; h0 [B, H, K, V] f32 or None; doc [B, T] int32 or None.
-  Returns o [B, T, H, V] (v.dtype) and the final state [B, H, K, V] f32."""
+  Returns o [B, T, H, V] (v.dtype) and the final state [B, H, K, V] f32.
+
+  With few (batch·head, V tile) sequences (`blocks.fwd_parallel`) the sequential fused kernel cannot
+  fill the GPU; the forward then runs `chunk_state_pass` (h entering every chunk) and the
+  chunk-parallel `chunk_output` instead."""
+  if opts.blocks.fwd_parallel:
+    hs, ht = chunk_state_pass(k, v, g, h0, doc, opts, final_state=True)
+    o, *flags = chunk_output(q, k, v, g, hs, doc, opts)
+    if flags:
+      o = chunk_intra_fixup(q, k, v, g, doc, flags[0], o, opts)
+    return o, ht
   B, T, H, K, V = opts.B, opts.T, opts.H, opts.K, opts.V
   BV = opts.blocks.fwd_bv
   vt = lambda j, bh: j
@@ -141,6 +152,58 @@ def chunk_fwd(q, k, v, g, h0, doc, opts: KernelOptions):
 
 
 # ------------------------------------------------------------------------------------------------
+# chunk_output: stages 3–4 for every chunk in parallel, from the states of chunk_state_pass
+# ------------------------------------------------------------------------------------------------
+
+
+def chunk_output_kernel(*refs, opts: KernelOptions):
+  q_ref, k_ref, v_ref, g_ref, hs_ref, *rest = refs
+  doc_ref = rest.pop(0) if opts.has_seg else None
+  o_ref, *flag_ref = rest
+  BK, BV = opts.blocks.fwd_bk, opts.blocks.out_bv
+  n = pl.program_id(1)
+  h = tuple(load(hs_ref, kt * BK, BK, 0, BV) for kt in range(opts.K // BK))
+  if opts.path == "dense":
+    dense_ok = True
+  else:
+    dense_ok = (tc.chunk_span(g_ref, 0, opts.K, BK) < opts.threshold if opts.path == "auto"
+                else jnp.zeros((), jnp.bool_))
+    flag_ref[0][n] = jnp.where(dense_ok, 0, 1).astype(jnp.int32)
+  _fwd_step((q_ref, k_ref, v_ref, g_ref, doc_ref, o_ref), opts, 0, h, dense_ok, doc_t0=n * C, BV=BV)
+
+
+def chunk_output(q, k, v, g, hs, doc, opts: KernelOptions):
+  """o = (q ⊙ e^G) h + A v per chunk (intra part left out where the chunk needs the two-level form;
+  see `chunk_intra_fixup`), and the per-chunk flags. One program per (V tile, chunk, b·h)."""
+  B, T, H, K, V, N = opts.B, opts.T, opts.H, opts.K, opts.V, opts.N
+  BV = opts.blocks.out_bv
+  chunk = lambda D, tile: pl.BlockSpec((None, C, None, D),
+                                       lambda j, n, bh: (bh // H, n, bh % H, tile(j)))
+  full, vt = (lambda j: 0), (lambda j: j)
+  in_specs = [chunk(K, full), chunk(K, full), chunk(BV, vt), chunk(K, full),
+              pl.BlockSpec((None, None, K, BV), lambda j, n, bh: (bh, n, 0, j))]
+  args = [q, k, v, g, hs]
+  if opts.has_seg:
+    in_specs.append(pl.BlockSpec((None, T), lambda j, n, bh: (bh // H, 0)))
+    args.append(doc)
+  out_specs = [chunk(BV, vt)]
+  out_shape = [compat.pallas_out_struct((B, T, H, V), v.dtype, q)]
+  if opts.path != "dense":
+    out_specs.append(pl.BlockSpec((None, N), lambda j, n, bh: (bh, 0)))
+    out_shape.append(compat.pallas_out_struct((B * H, N), jnp.int32, q))
+  return pl.pallas_call(
+      functools.partial(chunk_output_kernel, opts=opts),
+      grid=(V // BV, N, B * H),
+      in_specs=in_specs,
+      out_specs=out_specs,
+      out_shape=out_shape,
+      compiler_params=opts.compiler_params(opts.blocks.fwd_warps),
+      interpret=opts.interpret,
+      name="gla_chunk_output",
+  )(*args)
+
+
+# ------------------------------------------------------------------------------------------------
 # chunk_intra_fixup: stages 3–4 (intra part) for the chunks the dense form cannot take
 # ------------------------------------------------------------------------------------------------
 
@@ -151,7 +214,7 @@ def chunk_intra_fixup_kernel(*refs, opts: KernelOptions):
   flag_ref, q_ref, k_ref, g_ref, v_ref, *rest = refs
   doc_ref = rest.pop(0) if opts.has_seg else None
   o_in_ref, o_ref = rest
-  BK, BV = opts.blocks.fwd_bk, opts.blocks.fwd_bv
+  BK, BV = opts.blocks.fwd_bk, opts.blocks.fixup_bv
   S, nk = tc.S_FINE, opts.K // BK
   n = pl.program_id(1)
   t0 = n * C
@@ -198,7 +261,7 @@ def chunk_intra_fixup_kernel(*refs, opts: KernelOptions):
 def chunk_intra_fixup(q, k, v, g, doc, flags, o, opts: KernelOptions):
   """o (updated in place) for the chunks flagged by `chunk_fwd`; other chunks are left as they are."""
   B, T, H, K, V, N = opts.B, opts.T, opts.H, opts.K, opts.V, opts.N
-  BV = opts.blocks.fwd_bv
+  BV = opts.blocks.fixup_bv
   chunk = lambda D, tile: pl.BlockSpec((None, C, None, D),
                                        lambda j, n, bh: (bh // H, n, bh % H, tile(j)))
   full, vt = (lambda j: 0), (lambda j: j)
@@ -232,7 +295,7 @@ def chunk_state_pass_kernel(*refs, opts: KernelOptions):
   k_ref, v_ref, g_ref, *rest = refs
   h0_ref = rest.pop(0) if opts.has_h0 else None
   doc_ref = rest.pop(0) if opts.has_seg else None
-  (hs_ref,) = rest
+  hs_ref, *ht_ref = rest
   BK, BV = opts.blocks.state_bk, opts.blocks.state_bv
   h = load(h0_ref, 0, BK, 0, BV) if h0_ref is not None else jnp.zeros((BK, BV), F32)
 
@@ -248,7 +311,9 @@ def chunk_state_pass_kernel(*refs, opts: KernelOptions):
     kd = rows(tc.row_out(docs, 0), k * jnp.exp(gam - G))
     return tc.carry_mask(docs, jnp.exp(gam.reshape(BK))[:, None] * h) + mm(kd, v, opts, ta=True)
 
-  lax.fori_loop(0, opts.N, body, h)
+  h = lax.fori_loop(0, opts.N, body, h)
+  if ht_ref:
+    ht_ref[0][...] = h
 
 
 def state_tiles(opts: KernelOptions, bk: int, bv: int):
@@ -257,8 +322,9 @@ def state_tiles(opts: KernelOptions, bk: int, bv: int):
   return (lambda i, bh: i // nv), (lambda i, bh: i % nv)
 
 
-def chunk_state_pass(k, v, g, h0, doc, opts: KernelOptions):
-  """→ hs [B·H, N, K, V] (opts.state_dtype): the state entering each chunk."""
+def chunk_state_pass(k, v, g, h0, doc, opts: KernelOptions, final_state: bool = False):
+  """→ hs [B·H, N, K, V] (opts.state_dtype): the state entering each chunk (and, if `final_state`,
+  the state after the last chunk [B, H, K, V] f32)."""
   B, T, H, K, V, N = opts.B, opts.T, opts.H, opts.K, opts.V, opts.N
   BK, BV = opts.blocks.state_bk, opts.blocks.state_bv
   kt, vt = state_tiles(opts, BK, BV)
@@ -271,13 +337,20 @@ def chunk_state_pass(k, v, g, h0, doc, opts: KernelOptions):
   if opts.has_seg:
     in_specs.append(doc_block(T, H))
     args.append(doc)
-  return pl.pallas_call(
+  out_specs = [pl.BlockSpec((None, N, BK, BV), lambda i, bh: (bh, 0, kt(i, bh), vt(i, bh)))]
+  out_shape = [compat.pallas_out_struct((B * H, N, K, V), jnp.dtype(opts.state_dtype), k)]
+  if final_state:
+    out_specs.append(pl.BlockSpec((None, None, BK, BV),
+                                  lambda i, bh: (bh // H, bh % H, kt(i, bh), vt(i, bh))))
+    out_shape.append(compat.pallas_out_struct((B, H, K, V), F32, k))
+  out = pl.pallas_call(
       functools.partial(chunk_state_pass_kernel, opts=opts),
       grid=((K // BK) * (V // BV), B * H),
       in_specs=in_specs,
-      out_specs=pl.BlockSpec((None, N, BK, BV), lambda i, bh: (bh, 0, kt(i, bh), vt(i, bh))),
-      out_shape=compat.pallas_out_struct((B * H, N, K, V), jnp.dtype(opts.state_dtype), k),
+      out_specs=out_specs,
+      out_shape=out_shape,
       compiler_params=opts.compiler_params(opts.blocks.state_warps),
       interpret=opts.interpret,
       name="gla_chunk_state_pass",
   )(*args)
+  return out if final_state else out[0]

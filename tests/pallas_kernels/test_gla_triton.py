@@ -7,6 +7,7 @@ decomposition, packed documents, initial states, bf16 and fp16; vmap, shard_map 
 GPU (`gpu` marker): compiled kernels at realistic shapes against the float32 reference and fla.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -18,6 +19,7 @@ from absl.testing import parameterized
 from pallas_kernels import compat
 from pallas_kernels.gla import chunk_gla, chunk_gla_jnp, ops
 from pallas_kernels.gla.triton import chunk_gla_triton, check_call
+from pallas_kernels.gla.triton_common import BlockSizes, padded_dim
 from tests.pallas_kernels.gla_testing import (Case, assert_all_close, make_inputs, outputs_and_grads,
                                               reference, rel_err)
 
@@ -32,22 +34,31 @@ TOL = {"float32": F32_TOL, "bfloat16": BF16_TOL, "float16": FP16_TOL}
 interpreted = functools.partial(chunk_gla_triton, interpret=True)
 
 CASES = [
-    # (name, case, path)
-    ("mixed_odd_T_seg", Case(T=130, K=32, V=16, gate="normal", h0=True, seg=True), "auto"),
-    ("strong_seg", Case(T=100, K=16, V=32, gate="strong", h0=False, seg=True), "auto"),
-    ("multi_k_tiles_padded_v", Case(T=70, K=128, V=48, gate="weak", h0=True, B=1, H=1), "auto"),
-    ("bf16_seg", Case(T=63, K=64, V=32, gate="normal", h0=True, seg=True, dtype="bfloat16"), "auto"),
-    ("fp16_strong", Case(T=40, K=32, V=16, gate="strong", h0=True, dtype="float16", B=1), "auto"),
-    ("exact_weak", Case(T=64, K=32, V=16, gate="weak", h0=True, seg=True, B=1), "exact"),
-    ("dense_weak", Case(T=64, K=16, V=16, gate="weak", h0=True, seg=True, B=1), "dense"),
+    # (name, case, path, block-size overrides)
+    ("mixed_odd_T_seg", Case(T=130, K=32, V=16, gate="normal", h0=True, seg=True), "auto", {}),
+    ("strong_seg", Case(T=100, K=16, V=32, gate="strong", h0=False, seg=True), "auto", {}),
+    ("multi_k_tiles_padded_v_parallel_fwd",
+     Case(T=70, K=128, V=48, gate="weak", h0=True, seg=True, B=1, H=1), "auto",
+     dict(fwd_parallel=True)),
+    ("bf16_seg", Case(T=63, K=64, V=32, gate="normal", h0=True, seg=True, dtype="bfloat16"), "auto",
+     {}),
+    ("fp16_strong", Case(T=40, K=32, V=16, gate="strong", h0=True, dtype="float16", B=1), "auto", {}),
+    ("exact_weak", Case(T=64, K=32, V=16, gate="weak", h0=True, seg=True, B=1), "exact", {}),
 ]
+
+
+def _blocks(case, overrides):
+  if not overrides:
+    return None
+  base = BlockSizes.get_default(case.B, case.H, padded_dim(case.K), padded_dim(case.V), case.T)
+  return dataclasses.replace(base, **overrides)
 
 
 class InterpretTest(parameterized.TestCase):
 
   @parameterized.named_parameters(*CASES)
-  def test_matches_spec(self, case, path):
-    fn = functools.partial(interpreted, path=path)
+  def test_matches_spec(self, case, path, overrides):
+    fn = functools.partial(interpreted, path=path, block_sizes=_blocks(case, overrides))
     got = jax.jit(functools.partial(outputs_and_grads, fn))(*make_inputs(case))
     assert got[0].dtype == jnp.dtype(case.dtype) and got[1].dtype == jnp.float32
     assert all(x.dtype == jnp.dtype(case.dtype) for x in got[2:5])
@@ -125,10 +136,12 @@ class RegistrationTest(parameterized.TestCase):
 # ------------------------------------------------------------------------------------------------
 
 GPU_CASES = [
-    ("bench_shape_bf16", Case(T=2048, K=128, V=128, gate="weak", h0=False, B=2, H=4,
-                              dtype="bfloat16")),
-    ("gla_1p3b_head_bf16", Case(T=1000, K=256, V=512, gate="weak", h0=True, seg=True, B=1, H=2,
+    ("bench_head_bf16", Case(T=1024, K=128, V=128, gate="weak", h0=False, B=2, H=4,
+                             dtype="bfloat16")),
+    ("gla_1p3b_head_bf16", Case(T=500, K=256, V=512, gate="weak", h0=True, seg=True, B=1, H=2,
                                 dtype="bfloat16")),
+    ("long_parallel_fwd_bf16", Case(T=8192, K=64, V=64, gate="normal", h0=True, B=1, H=2,
+                                    dtype="bfloat16")),
     ("strong_seg_f32", Case(T=777, K=64, V=96, gate="strong", h0=True, seg=True, B=2, H=2)),
     ("normal_fp16", Case(T=513, K=48, V=200, gate="normal", h0=True, B=2, H=2, dtype="float16")),
 ]
@@ -152,6 +165,12 @@ class GpuTest(parameterized.TestCase):
     o_auto, _ = jax.jit(chunk_gla)(q, k, v, g)
     o_tri, _ = jax.jit(chunk_gla_triton)(q, k, v, g)
     np.testing.assert_array_equal(np.asarray(o_auto, np.float32), np.asarray(o_tri, np.float32))
+
+
+
+@pytest.mark.gpu
+class GpuVsFlaTest(parameterized.TestCase):
+  """Last: fla autotunes its kernels for minutes at a new shape."""
 
   def test_against_fla(self):
     torch = pytest.importorskip("torch")
