@@ -188,9 +188,8 @@ def init_distributed(coordinator_address: str | None = None, num_processes: int 
   if num_processes is None or process_id is None:
     raise ConfigError("--coordinator_address needs --num_processes and --process_id (or JAX_NUM_PROCESSES, "
                       "JAX_PROCESS_ID)")
-  if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
-    # CPU processes talk through gloo; GPUs/TPUs use NCCL / ICI and ignore this.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # CPU processes exchange data through gloo (this only affects the CPU backend; GPUs use NCCL, TPUs ICI)
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                              process_id=process_id)
   return True

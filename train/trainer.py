@@ -160,7 +160,9 @@ class Trainer:
           t_log = time.perf_counter()  # keep eval time out of tokens/s
         if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < stop_at:
           self.save()
-        if stop.any_host_requested():
+        # one host's signal must stop every host at the same step; asking the others costs a collective,
+        # so multi-host runs ask at log steps only
+        if (jax.process_count() == 1 or step % cfg.log_every == 0) and stop.any_host_requested():
           log.warning("stopping at step %d on signal", step)
           break
       if pending:
