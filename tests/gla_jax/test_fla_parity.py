@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
@@ -29,6 +28,7 @@ from flax import nnx  # noqa: E402
 
 from gla_jax.convert import load_fla_checkpoint  # noqa: E402
 from gla_jax.models import presets  # noqa: E402
+from tests.peers import narrow_fla_autotune  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -49,22 +49,6 @@ def _log(msg):
   print(f"[{time.time() - _T0:6.1f}s] {msg}", flush=True)
 
 
-def _narrow_fla_autotune():
-  """Make fla's `@triton.autotune(configs=[...])` keep only the first config (see the module doc)."""
-  if os.environ.get("GLA_PARITY_FULL_AUTOTUNE") == "1" or any(m.startswith("fla") for m in sys.modules):
-    return
-  import triton
-  if getattr(triton.autotune, "_gla_narrowed", False):
-    return
-  original = triton.autotune
-
-  def first_config_only(configs, key, *args, **kwargs):
-    return original(configs[:1], key, *args, **kwargs)
-
-  first_config_only._gla_narrowed = True
-  triton.autotune = first_config_only
-
-
 def _rel(a, b) -> float:
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
@@ -82,7 +66,7 @@ def _record(key, **values):
 def _build_fla(kwargs, path):
   torch = pytest.importorskip("torch")
   pytest.importorskip("triton")
-  _narrow_fla_autotune()
+  narrow_fla_autotune()
   fla_models = pytest.importorskip("fla.models")
   torch.manual_seed(0)
   # a larger init than fla's 0.02 so that every sub-layer moves the logits; norms and biases perturbed

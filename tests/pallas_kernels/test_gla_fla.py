@@ -15,6 +15,7 @@ import pytest
 
 from pallas_kernels.gla import chunk_gla, naive_recurrent_gla
 from pallas_kernels.gla.ops import available_impls
+from tests.peers import narrow_fla_autotune
 from tests.pallas_kernels.gla_testing import NAMES, Case, make_inputs, outputs_and_grads, rel_err
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with torch
@@ -28,6 +29,8 @@ SHAPES = [
 
 def _fla_outputs_and_grads(case, q, k, v, g, h0, do, dht, dtype, cu_seqlens=None):
   torch = pytest.importorskip("torch")
+  pytest.importorskip("triton")
+  narrow_fla_autotune()
   fla_gla = pytest.importorskip("fla.ops.gla")
   if not torch.cuda.is_available():
     pytest.skip("torch sees no GPU")
