@@ -29,11 +29,12 @@ recomputed there. At the GLA 1.3B layer shape (B=8, T=2048, H=4, K=256, V=512, b
 the inputs (q, k, v bf16 + g f32: 8·2048·4·(256·2·2 + 512·2 + 256·4) B = 192 MiB, alive for the layer
 anyway) and the backward's transient states are 2 × 8·4·32·256·512·2 B = 512 MiB (h and dh; 1 GiB in
 f32). Storing h from the forward instead would keep 256 MiB per layer alive until the backward
-(6 GiB for 24 layers) to save one pass over k, v, g (~0.3 ms of ~4 ms at that shape).
+(6 GiB for 24 layers) to save one state pass (~0.5 ms of ~4 ms at that shape on an H100).
 
 Inputs: any T (padded to a multiple of 64 inside), any K and V in 16..512 (padded to a power of two up to
 64 and to a multiple of 64 above), bf16/fp16/f32 q, k, v (bf16 uses bf16 tensor-core operands, fp16 and
-f32 use f32 operands, f32 multiplies exactly), g float32 or the input dtype, float32 states.
+f32 use f32 operands, f32 multiplies exactly), g float32 or the input dtype, float32 initial and
+final states.
 `chunk_size` is accepted for the op contract; the kernels always use 64-token chunks (the result does not
 depend on the chunk size).
 """

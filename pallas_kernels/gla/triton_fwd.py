@@ -1,9 +1,15 @@
-"""Forward kernels of the Pallas Triton GLA: the fused forward and the state pass the backward reruns.
+"""Forward kernels of the Pallas Triton GLA, and the state pass the backward reruns.
 
-  chunk_fwd         stages 1–4 of `chunk.py` fused: one program per (V tile, batch·head) walks the chunks
-                    in order, keeps h [K, BV] in registers and writes o (and the final state). No state ever
-                    goes to HBM: the forward reads q, k, v, g once per V tile and writes o.
-  chunk_state_pass  stage 2 alone (with stage 1): h entering every chunk, [B·H, N, K, V], for the backward.
+  chunk_fwd          stages 1–4 of `chunk.py` fused: one program per (V tile, batch·head) walks the chunks
+                     in order, keeps h [K, BV] in registers and writes o (and the final state). No state
+                     goes to HBM: the forward reads q, k, v, g once per V tile and writes o. Its chunk loop
+                     has no branch (so Triton pipelines the loads): every chunk takes the dense form, and
+                     the chunks whose decay span is too large for it are flagged and left to
+  chunk_intra_fixup  stages 3–4 intra part, two-level, for the flagged chunks only (o += A v in place).
+  chunk_state_pass   stage 2 alone (with stage 1): h entering every chunk, [B·H, N, K, V], for the
+                     backward (and for the sequence-parallel forward, with the final state).
+  chunk_output       stages 3–4 for all chunks in parallel from those states: the forward for long
+                     sequences with few batch·heads, where chunk_fwd's sequential chain is too long.
 
 Layout: the kernels read the public [B, T, H, D] arrays in place (a block is a strided [T, D] view of
 one (b, h)), with T padded to a multiple of 64 and K, V padded by `triton.py`.
@@ -13,7 +19,6 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
