@@ -82,13 +82,12 @@ def _variants(shape):
   B, T, H, K, V = shape
   Kp, Vp = padded_dim(K), padded_dim(V)
   base = BlockSizes.get_default(B, H, Kp, Vp, T)
-  changes = {
-      "grads_w4": dict(grads_warps=4),
-      "grads_bk64": dict(grads_bk=min(64, Kp), grads_bv=min(64, Vp)),
-      "fwd_par" if not base.fwd_parallel else "fwd_seq": dict(fwd_parallel=not base.fwd_parallel),
-  }
-  out = {name: dict(block_sizes=dataclasses.replace(base, **c)) for name, c in changes.items()}
-  out["f32_states"] = dict(state_dtype="float32")
+  out = {}
+  for par in (False, True):  # the forward's and the state passes' policies, every combination
+    for scan in (False, True):
+      if (par, scan) != (base.fwd_parallel, base.state_scan):
+        name = f"{'parfwd' if par else 'seqfwd'}_{'scan' if scan else 'fused'}"
+        out[name] = dict(block_sizes=dataclasses.replace(base, fwd_parallel=par, state_scan=scan))
   return out
 
 
@@ -227,7 +226,7 @@ def run_breakdown(out_dir, shape_names, interpret: bool = False):
 
   import jax
   import jax.numpy as jnp
-  from pallas_kernels.gla import triton_bwd, triton_fwd
+  from pallas_kernels.gla import triton_bwd, triton_fwd, triton_scan
   from pallas_kernels.gla.triton import prepare
 
   for name in shape_names:
@@ -238,8 +237,9 @@ def run_breakdown(out_dir, shape_names, interpret: bool = False):
     opts, (q, k, v, g, h0, doc) = prepare(q, k, v, g, interpret=interpret)
     B, T, H, K, V = shape
     dht = jnp.zeros((B, H, opts.K, opts.V), jnp.float32)
-    par = dataclasses.replace(opts, blocks=dataclasses.replace(opts.blocks, fwd_parallel=True))
-    seq = dataclasses.replace(opts, blocks=dataclasses.replace(opts.blocks, fwd_parallel=False))
+    blocks = lambda **kw: dataclasses.replace(opts, blocks=dataclasses.replace(opts.blocks, **kw))
+    par, seq = blocks(fwd_parallel=True), blocks(fwd_parallel=False)
+    fused, scan = blocks(state_scan=False), blocks(state_scan=True)
     stages = {
         "chunk_fwd (sequential forward, +fixup)": (
             lambda q, k, v, g: triton_fwd.chunk_fwd(q, k, v, g, None, None, seq), (q, k, v, g)),
@@ -249,7 +249,20 @@ def run_breakdown(out_dir, shape_names, interpret: bool = False):
                              (k, v, g)),
         "chunk_state_grad_pass": (
             lambda q, do, g: triton_bwd.chunk_state_grad_pass(q, do, g, dht, None, opts), (q, do, g)),
+        "chunk_state_pass (fused)": (
+            lambda k, v, g: triton_fwd.chunk_state_pass(k, v, g, None, None, fused), (k, v, g)),
+        "chunk_state_pass (scan)": (
+            lambda k, v, g: triton_fwd.chunk_state_pass(k, v, g, None, None, scan), (k, v, g)),
+        "chunk_summaries (k side)": (
+            lambda k, v, g: triton_scan.chunk_summaries(k, v, g, None, scan, "k", jnp.bfloat16),
+            (k, v, g)),
+        "chunk_state_grad_pass (fused)": (
+            lambda q, do, g: triton_bwd.chunk_state_grad_pass(q, do, g, dht, None, fused), (q, do, g)),
+        "chunk_state_grad_pass (scan)": (
+            lambda q, do, g: triton_bwd.chunk_state_grad_pass(q, do, g, dht, None, scan), (q, do, g)),
     }
+    u, gam = jax.jit(stages["chunk_summaries (k side)"][0])(k, v, g)
+    stages["state_scan"] = (lambda u, gam: triton_scan.state_scan(u, gam, None, scan, False), (u, gam))
     hs = jax.jit(stages["chunk_state_pass"][0])(k, v, g)
     dhs, _ = jax.jit(stages["chunk_state_grad_pass"][0])(q, do, g)
     stages["chunk_grads"] = (

@@ -36,6 +36,7 @@ C = 64  # chunk: rows per state step in every kernel
 S_FINE = 16  # sub-chunk of the two-level path (and the minimum Triton dot size)
 F32 = jnp.float32
 PATHS = ("auto", "dense", "two_level", "exact")
+SCAN_MIN_CHUNKS = 64  # state passes as a two-phase scan from this many chunks on (BlockSizes.state_scan)
 
 
 def _pow2_at_least(n: int) -> int:
@@ -67,6 +68,13 @@ class BlockSizes:
   dv_bv: int
   out_bv: int = 64  # chunk_output (sequence-parallel forward): V tile = grid axis
   fwd_parallel: bool = False  # forward as chunk_state_pass + chunk_output instead of chunk_fwd
+  state_scan: bool = False  # state passes as chunk summaries + elementwise scan (triton_scan.py)
+  scan_sum_bk: int = 64  # chunk_summaries: K tile = grid axis, V loop tile
+  scan_sum_bv: int = 64
+  scan_sum_warps: int = 4
+  scan_bk: int = 32  # state_scan: [BK, BV] tile of the carried state = grid axis
+  scan_bv: int = 64
+  scan_warps: int = 4
   num_stages: int = 2
 
   @property
@@ -92,11 +100,13 @@ class BlockSizes:
     sbk, sbv = min(K, 64), min(V, 64)
     while sbv > 16 and B * H * (K // sbk) * (V // sbv) < 264:
       sbv //= 2
+    state_scan = -(-T // C) >= SCAN_MIN_CHUNKS
     return cls(fwd_bk=min(K, 64), fwd_bv=bv, fwd_warps=8,
                state_bk=sbk, state_bv=sbv, state_warps=4,
                grads_bk=min(K, 128), grads_bv=min(V, 128), grads_warps=4 if K <= 128 else 8,
                dqk_bk=min(K, 32), dqk_bv=min(V, 64), dv_bk=min(K, 64), dv_bv=min(V, 64),
-               out_bv=min(V, 64), fwd_parallel=fwd_parallel)
+               out_bv=min(V, 64), fwd_parallel=fwd_parallel, state_scan=state_scan,
+               scan_sum_bk=min(K, 64), scan_sum_bv=min(V, 64), scan_bk=min(K, 32), scan_bv=min(V, 64))
 
 
 @dataclasses.dataclass(frozen=True)

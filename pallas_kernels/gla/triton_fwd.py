@@ -24,6 +24,7 @@ from jax import lax
 
 from pallas_kernels import compat
 from pallas_kernels.gla import triton_common as tc
+from pallas_kernels.gla import triton_scan
 from pallas_kernels.gla.triton_common import C, F32, KernelOptions, load, mm, rows
 
 pl = tc.pl
@@ -329,7 +330,10 @@ def state_tiles(opts: KernelOptions, bk: int, bv: int):
 
 def chunk_state_pass(k, v, g, h0, doc, opts: KernelOptions, final_state: bool = False):
   """→ hs [B·H, N, K, V] (opts.state_dtype): the state entering each chunk (and, if `final_state`,
-  the state after the last chunk [B, H, K, V] f32)."""
+  the state after the last chunk [B, H, K, V] f32). Sequential fused kernel, or with
+  `blocks.state_scan` the two-phase version of triton_scan.py."""
+  if opts.blocks.state_scan:
+    return triton_scan.chunk_state_pass(k, v, g, h0, doc, opts, final_state)
   B, T, H, K, V, N = opts.B, opts.T, opts.H, opts.K, opts.V, opts.N
   BK, BV = opts.blocks.state_bk, opts.blocks.state_bv
   kt, vt = state_tiles(opts, BK, BV)

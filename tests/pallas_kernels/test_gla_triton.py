@@ -37,10 +37,13 @@ interpreted = functools.partial(chunk_gla_triton, interpret=True)
 CASES = [
     # (name, case, path, block-size overrides)
     ("mixed_odd_T_seg", Case(T=130, K=32, V=16, gate="normal", h0=True, seg=True), "auto", {}),
-    ("strong_seg", Case(T=100, K=16, V=32, gate="strong", h0=False, seg=True), "auto", {}),
-    ("multi_k_tiles_padded_v_parallel_fwd",
+    ("bf16_seg_state_scan", Case(T=200, K=32, V=32, gate="normal", h0=True, seg=True, B=1,
+                                 dtype="bfloat16"), "auto", dict(state_scan=True, fwd_parallel=True)),
+    ("strong_seg_state_scan", Case(T=100, K=16, V=32, gate="strong", h0=False, seg=True), "auto",
+     dict(state_scan=True)),
+    ("multi_k_tiles_padded_v_parallel_fwd_state_scan",
      Case(T=70, K=128, V=48, gate="weak", h0=True, seg=True, B=1, H=1), "auto",
-     dict(fwd_parallel=True)),
+     dict(fwd_parallel=True, state_scan=True, scan_bk=64, scan_bv=16)),
     ("bf16_seg", Case(T=63, K=64, V=32, gate="normal", h0=True, seg=True, dtype="bfloat16"), "auto",
      {}),
     ("fp16_strong", Case(T=40, K=32, V=16, gate="strong", h0=True, dtype="float16", B=1), "auto", {}),
