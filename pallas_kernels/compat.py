@@ -51,3 +51,12 @@ def pallas_out_struct(shape, dtype, like) -> jax.ShapeDtypeStruct:
 
 
 shard_map = jax.shard_map
+
+
+def mesh_axes_of_type(mesh, kind: str) -> tuple[str, ...]:
+  """Names of `mesh`'s axes whose AxisType is `kind` ("Auto", "Explicit" or "Manual"), in mesh order.
+
+  Read from `axis_types` (spelled the same in JAX 0.10 and 0.11) rather than the newer
+  `manual_axes` / `explicit_axes` properties."""
+  want = getattr(jax.sharding.AxisType, kind)
+  return tuple(name for name, t in zip(mesh.axis_names, mesh.axis_types) if t == want)

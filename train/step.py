@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from train import mesh as mesh_lib
@@ -89,11 +90,16 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, mesh:
   return _under_mesh(jitted, mesh)
 
 
+# the logical rules active while a step traces: the parameter table plus the activations' batch dimension,
+# so the GLA layer runs its op per shard (B over data × fsdp, H over tensor; gla_jax/layers/shard_op.py)
+TRACE_RULES = mesh_lib.LOGICAL_RULES + (("batch", mesh_lib.BATCH_AXES),)
+
+
 def _under_mesh(fn, mesh: Mesh):
-  """Calls (and so traces) `fn` with `mesh` set, so layers can see the mesh (`get_abstract_mesh`), e.g. to
-  run a kernel per shard under `jax.shard_map`."""
+  """Calls (and so traces) `fn` with `mesh` set and `TRACE_RULES` active, so layers can see the mesh
+  (`get_abstract_mesh`) and run a kernel per shard under `jax.shard_map`."""
   def call(*args):
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(TRACE_RULES):
       return fn(*args)
   call.jitted = fn
   return call

@@ -28,6 +28,7 @@ from gla_jax.layers.activations import get_activation
 from gla_jax.layers.conv import ShortConvolution
 from gla_jax.layers.linear import dense
 from gla_jax.layers.norm import GatedRMSNorm, RMSNorm
+from gla_jax.layers.shard_op import gla_per_shard
 from pallas_kernels.gla import chunk_gla, fused_recurrent_gla
 
 _f32 = jnp.float32
@@ -52,7 +53,9 @@ class GatedLinearAttention(nnx.Module):
   o_proj [H·V, D] (heads, embed); short convs [W, C] (conv, heads|kv).
   K = D·expand_k / H and V = D·expand_v / H are the per-head dims.
 
-  `impl` is passed to `chunk_gla` ("auto" picks the platform's best).
+  `impl` is passed to `chunk_gla` ("auto" picks the platform's best). Under a mesh the op runs per
+  shard (`jax.shard_map`, batch over the mesh axes of the logical name "batch", heads over those of
+  "heads"; see shard_op.py), so Pallas kernels never see, or gather, the global arrays.
   """
 
   def __init__(self, hidden_size: int = 1024, *, expand_k: float = 0.5, expand_v: float = 1.0,
@@ -162,12 +165,13 @@ class GatedLinearAttention(nnx.Module):
       q, k = fmap(q), fmap(k)
 
     h0 = None if cache is None else cache.state
+    # per shard under a mesh (batch and heads split, see shard_op.py), a direct call otherwise
     if T == 1 and cache is not None:  # one decode step: the token-by-token recurrence
-      o, state = fused_recurrent_gla(q, k, v, gk, initial_state=h0, output_final_state=True,
-                                     segment_ids=segment_ids)
+      o, state = gla_per_shard(fused_recurrent_gla, q, k, v, gk, initial_state=h0,
+                               output_final_state=True, segment_ids=segment_ids)
     else:
-      o, state = chunk_gla(q, k, v, gk, initial_state=h0, output_final_state=want_cache,
-                           segment_ids=segment_ids, chunk_size=self.chunk_size, impl=self.impl)
+      o, state = gla_per_shard(chunk_gla, q, k, v, gk, initial_state=h0, output_final_state=want_cache,
+                               segment_ids=segment_ids, chunk_size=self.chunk_size, impl=self.impl)
     # o: [B, T, H, V] in v's dtype
     if self.use_output_gate:
       g = self._heads(self.g_proj(x), self.head_v_dim)  # [B, T, H, V]
