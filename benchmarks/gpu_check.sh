@@ -1,13 +1,13 @@
 #!/bin/bash
 # One device call for the GLA kernels: per-kernel breakdown, the benchmark (ours / xla / jla in one JAX
 # process, then fla in a torch process, fully autotuned), the report table, and the gpu-marked tests.
-#   run from the repo root with .whl (and, if present, .fla_autotune) carried:  bash benchmarks/gpu_check.sh
+#   run from the repo root with .whl (and, if present, .fla_autotune.tgz) carried:  bash benchmarks/gpu_check.sh
 # PHASES picks what runs (default: breakdown jax fla tests); budgets (seconds) and shape lists are
 # environment variables so that one call can be re-aimed. Logs and results go to $OUT.
 #
 # fla autotunes every Triton kernel on its first call per key (minutes). With TRITON_CACHE_DIR set, Triton
-# stores the winning configs (`*.autotune.json`); they are copied to $OUT/fla_autotune, and a later call
-# that carries them as .fla_autotune skips the autotuning (fla's first-call number is then compile only).
+# stores the winning configs (`*.autotune.json`); they are packed into $OUT/fla_autotune.tgz, and a later
+# call that carries that file as .fla_autotune.tgz skips the autotuning (fla's first-call number is then compile only).
 set -u
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/gla_out}
@@ -18,7 +18,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 export PYTHONPATH=$PWD:/tmp/site
 export TRITON_CACHE_DIR=/tmp/triton_cache
 mkdir -p "$TRITON_CACHE_DIR"
-if [ -d .fla_autotune ]; then cp -r .fla_autotune/. "$TRITON_CACHE_DIR/"; fi
+if [ -f .fla_autotune.tgz ]; then tar xzf .fla_autotune.tgz -C "$TRITON_CACHE_DIR"; fi
 T0=$(date +%s)
 since() { echo "$1 at $(( $(date +%s) - T0 ))s"; }
 {
@@ -44,9 +44,8 @@ if [[ $PHASES == *" fla "* ]]; then
   timeout "${FLA_BUDGET:-250}" python3 benchmarks/bench_gla.py fla --out "$WORK" \
     --shapes "${FLA_SHAPES-s1,s2,s3,t4k,t16k,t32k,s5,s4}" > "$OUT/bench_fla.log" 2>&1
   since "fla bench rc=$?"
-  mkdir -p "$OUT/fla_autotune"
-  (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' -exec cp --parents {} "$OUT/fla_autotune/" \;)
-  echo "fla autotune results kept: $(find "$OUT/fla_autotune" -name '*.json' | wc -l)"
+  (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar czf "$OUT/fla_autotune.tgz" -T -)
+  echo "fla autotune results kept: $(tar tzf "$OUT/fla_autotune.tgz" | wc -l)"
 fi
 cp "$WORK"/*.jsonl "$OUT/" 2>/dev/null
 python3 benchmarks/bench_gla.py report --out "$WORK" > "$OUT/report.md" 2>&1

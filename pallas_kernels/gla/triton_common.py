@@ -75,6 +75,8 @@ class BlockSizes:
   scan_bk: int = 32  # state_scan: [BK, BV] tile of the carried state = grid axis
   scan_bv: int = 64
   scan_warps: int = 4
+  scan_prefetch: int = 2  # state_scan: steps whose loads are in flight ahead of the multiply-add
+  out_warps: int = 8  # chunk_output
   num_stages: int = 2
 
   @property
@@ -90,8 +92,10 @@ class BlockSizes:
     SM. Where that makes a long chain per SM (chunks × waves ≥ 96: long sequences, few b·h), the
     forward is sequence-parallel instead (state pass + chunk-parallel output). chunk_grads uses
     128-wide K/V tiles for A, dA and dv (−0.6 ms vs 64 at 8,2048,16,128,128 on an H100) and 4 warps
-    up to K = 128 (two programs per SM: −0.45 ms there and at 2,8192,16,128,128), 8 above (at K = 256
-    four warps spill: +1.1 ms at 8,2048,4,256,512)."""
+    up to K = V = 128 (two programs per SM: −0.45 ms there and at 2,8192,16,128,128), 8 above (at
+    K = 256 four warps spill: +1.1 ms at 8,2048,4,256,512; at 8,2048,4,128,256 8 warps: 1.43 vs 1.72 ms).
+    From `SCAN_MIN_CHUNKS` chunks on, the state passes are two-phase scans (triton_scan.py): at
+    2,8192,16,128,128 0.32 vs 0.75 ms each."""
     bv = min(V, 128, max(16, 16384 // K))
     while bv > 32 and B * H * (V // bv) < 120:
       bv //= 2
@@ -103,7 +107,8 @@ class BlockSizes:
     state_scan = -(-T // C) >= SCAN_MIN_CHUNKS
     return cls(fwd_bk=min(K, 64), fwd_bv=bv, fwd_warps=8,
                state_bk=sbk, state_bv=sbv, state_warps=4,
-               grads_bk=min(K, 128), grads_bv=min(V, 128), grads_warps=4 if K <= 128 else 8,
+               grads_bk=min(K, 128), grads_bv=min(V, 128),
+               grads_warps=4 if max(K, V) <= 128 else 8,
                dqk_bk=min(K, 32), dqk_bv=min(V, 64), dv_bk=min(K, 64), dv_bv=min(V, 64),
                out_bv=min(V, 64), fwd_parallel=fwd_parallel, state_scan=state_scan,
                scan_sum_bk=min(K, 64), scan_sum_bv=min(V, 64), scan_bk=min(K, 32), scan_bv=min(V, 64))

@@ -203,7 +203,7 @@ def chunk_output(q, k, v, g, hs, doc, opts: KernelOptions):
       in_specs=in_specs,
       out_specs=out_specs,
       out_shape=out_shape,
-      compiler_params=opts.compiler_params(opts.blocks.fwd_warps),
+      compiler_params=opts.compiler_params(opts.blocks.out_warps),
       interpret=opts.interpret,
       name="gla_chunk_output",
   )(*args)

@@ -12,7 +12,7 @@ chunks (long T) that chain is the whole cost and the GPU idles. Split in two:
   state_scan       one program per ([BK, BV] tile, b·h) walks the chunks in order (or in reverse):
                      store h (the state entering / the gradient leaving chunk n), h ← γ_n ⊙ h + U_n.
                    No matmul, no reduction, no layout change: a load, a multiply-add and a store per
-                   step, with the next step's loads issued before this step's arithmetic.
+                   step, with the loads of the next steps issued before this step's arithmetic.
 
 This is the same recurrence as the fused passes (chunk.py's `chunk_state_pass` and
 `chunk_state_grad_pass`), summed in the same order; it moves U through HBM once more (written, read) in
@@ -100,18 +100,22 @@ def state_scan_kernel(*refs, opts: KernelOptions, reverse: bool, has_init: bool)
   BK, BV, N = opts.blocks.scan_bk, opts.blocks.scan_bv, opts.N
   chunk_of = (lambda j: N - 1 - j) if reverse else (lambda j: j)
 
-  def summary(j):  # loads for step j (clamped: the step after the last loads a valid chunk, unused)
+  def summary(j):  # loads for step j (clamped: steps past the last load a valid chunk, unused)
     n = chunk_of(jnp.minimum(j, N - 1))
     return u_ref[n].astype(F32), gam_ref[:, pl.ds(n, 1)]  # [BK, BV], [BK, 1]
 
+  # the summaries of the next `depth` steps are in flight while a step's multiply-add waits for its own
+  depth = opts.blocks.scan_prefetch
+
   def body(j, carry):
-    h, u, gam = carry
+    h, ahead = carry[0], carry[1:]
     hs_ref[chunk_of(j)] = h.astype(hs_ref.dtype)
-    u_next, gam_next = summary(j + 1)  # issued before this step's arithmetic
-    return gam * h + u, u_next, gam_next
+    u, gam = ahead[0], ahead[1]
+    return (gam * h + u, *ahead[2:], *summary(j + depth))
 
   h = init_ref[...] if init_ref is not None else jnp.zeros((BK, BV), F32)
-  h, _, _ = lax.fori_loop(0, N, body, (h, *summary(0)))
+  first = tuple(x for j in range(depth) for x in summary(j))
+  h, *_ = lax.fori_loop(0, N, body, (h, *first))
   last_ref[...] = h
 
 
