@@ -89,7 +89,7 @@ def _variants(shape):
         name = f"{'parfwd' if par else 'seqfwd'}_{'scan' if scan else 'fused'}"
         out[name] = dict(block_sizes=dataclasses.replace(base, fwd_parallel=par, state_scan=scan))
   if base.fwd_parallel:  # chunk_output's V tile and warps
-    for bv, w in ((128, 8), (64, 4), (128, 4)):
+    for bv, w in ((128, 8), (64, 4), (64, 8)):
       out[f"out_bv{bv}_w{w}"] = dict(block_sizes=dataclasses.replace(
           base, out_bv=min(bv, Vp), out_warps=w))
   out["prefetch1"] = dict(block_sizes=dataclasses.replace(base, scan_prefetch=1))
