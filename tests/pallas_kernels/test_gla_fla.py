@@ -76,6 +76,10 @@ def test_matches_fla(case, dtype):
   for name, e in errs.items():
     if name.endswith("_vs_fla"):
       continue
+    if name == "fla" and case.gate == "strong":
+      # fla 0.6.0's dg is wrong under g ≈ −20 per token (measured on an H100: relative error 73 in
+      # bf16 and float32, while o, dq, dk, dv, dh0 are fine): check the rest only
+      e = {n: x for n, x in e.items() if n != "dg"}
     bad = {n: x for n, x in e.items() if not x <= bound * (2 if n == "dg" else 1)}
     assert not bad, f"{name}: {bad}"
 
