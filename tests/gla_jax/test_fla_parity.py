@@ -110,7 +110,12 @@ def test_logits_match_fla(tmp_path, name):
           fla_bf16_vs_fla_f32=_rel(ref16, ref32), ours_bf16_vs_fla_f32=_rel(got16, ref32),
           history_sensitivity=_rel(other[:, T // 2:], got32[:, T // 2:]))
   assert _rel(got32, ref32) < 1e-4
-  assert _rel(got16, ref16) < 1e-2
+  # bf16: two implementations round at different places, so ours can only be asked to sit within fla's
+  # own bf16 noise. Measured on an H100 (2026-11-22): ours vs fla in bf16 1.6–1.9e-2, while fla bf16 vs
+  # fla float32 is 2.7–3.0e-2 and ours bf16 vs fla float32 3.1–3.4e-2 (this test model's init is 4× fla's
+  # default to exercise every sub-layer, which also amplifies rounding).
+  assert _rel(got16, ref16) <= max(1e-2, _rel(ref16, ref32))
+  assert _rel(got16, ref32) <= 1.5 * _rel(ref16, ref32)
 
 
 def test_transformer_cudnn_matches_xla():
