@@ -14,6 +14,8 @@ chunk_state_grad_pass, chunk_grads, chunk_gate_grad); the kernels:
   backward  `chunk_state_pass` (triton_fwd.py)  stage 2 again: h entering each chunk → HBM
             `chunk_state_grad_pass`            stage 5: dh leaving each chunk → HBM, and d initial_state
             `chunk_grads` (triton_bwd.py)      stages 6–7: dq, dk, dv, dg, one program per chunk
+  From 64 chunks on, both state passes (and the sequence-parallel forward's) are two-phase scans
+  (triton_scan.py): per-chunk summaries in parallel, then an elementwise chain over the chunks.
 
 Every chunk (64 tokens) takes one of two exact decompositions (triton_common.py): "dense" (the whole
 chunk as one block, tensor-core matmuls only) while the chunk's decay span is below 40 nats, which holds
