@@ -83,16 +83,10 @@ def _variants(shape):
   Kp, Vp = padded_dim(K), padded_dim(V)
   base = BlockSizes.get_default(B, H, Kp, Vp, T)
   out = {}
-  for par in (False, True):  # the forward's and the state passes' policies, every combination
-    for scan in (False, True):
-      if (par, scan) != (base.fwd_parallel, base.state_scan):
-        name = f"{'parfwd' if par else 'seqfwd'}_{'scan' if scan else 'fused'}"
-        out[name] = dict(block_sizes=dataclasses.replace(base, fwd_parallel=par, state_scan=scan))
-  if base.fwd_parallel:  # chunk_output's V tile and warps
-    for bv, w in ((128, 8), (64, 4), (64, 8)):
-      out[f"out_bv{bv}_w{w}"] = dict(block_sizes=dataclasses.replace(
-          base, out_bv=min(bv, Vp), out_warps=w))
-  out["prefetch1"] = dict(block_sizes=dataclasses.replace(base, scan_prefetch=1))
+  for scan in (False, True):  # the state passes' policy
+    if scan != base.state_scan:
+      out["scan" if scan else "fused"] = dict(block_sizes=dataclasses.replace(base, state_scan=scan))
+  out["dense_diag_tf32"] = dict(block_sizes=dataclasses.replace(base, dense_diag_tf32=True))
   return out
 
 

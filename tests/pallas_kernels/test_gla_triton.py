@@ -68,6 +68,19 @@ class InterpretTest(parameterized.TestCase):
     assert all(x.dtype == jnp.dtype(case.dtype) for x in got[2:5])
     assert_all_close(got, reference(case), TOL[case.dtype])
 
+  @parameterized.named_parameters(
+      # logsigmoid(randn) gates: every chunk spans > 40 nats → two-level path (bf16 diag operands: dg 9.7e-3)
+      ("two_level", "normal", {}, 5e-3),
+      # weak gates: dense path; bf16 diag operands give dg 3.9e-3, TF32 1.4e-3
+      ("dense_tf32", "weak", dict(dense_diag_tf32=True), 2.5e-3))
+  def test_bf16_gradient_accuracy(self, gate, overrides, dg_bound):
+    """dq, dk and dg stay near the XLA form's bf16 accuracy (the diagonal blocks' TF32 operands)."""
+    case = Case(T=256, K=64, V=64, gate=gate, h0=True, B=1, H=2, dtype="bfloat16")
+    fn = functools.partial(interpreted, block_sizes=_blocks(case, overrides))
+    got = jax.jit(functools.partial(outputs_and_grads, fn))(*make_inputs(case))
+    errs = {n: rel_err(a, b) for n, a, b in zip(("o", "ht", "dq", "dk", "dv", "dg"), got, reference(case))}
+    assert errs["dg"] <= dg_bound and errs["dq"] <= 2.5e-3 and errs["dk"] <= 2.5e-3, errs
+
   def test_vmap_over_a_leading_axis(self):
     case = Case(T=40, K=16, V=16, gate="normal", h0=False, B=1, H=2)
     xs = [make_inputs(case, seed) for seed in (0, 1)]
