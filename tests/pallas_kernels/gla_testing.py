@@ -96,3 +96,21 @@ def assert_all_close(got, ref, tol: dict[str, float] | float, skip=()):
          if not e <= (tol[n] if isinstance(tol, dict) else tol)}  # `not <=` so that NaN fails
   assert not bad, f"relative errors over bound: {bad}; all: {errs}"
   return errs
+
+
+def check_packed_equals_separate(fn):
+  """`fn(q, k, v, g, initial_state=, output_final_state=True, segment_ids=)` on a packed batch gives
+  what the specification gives on each document alone (a 1-token document, a boundary on a chunk
+  edge, ids that repeat later, the initial state feeding only the first document)."""
+  case = Case(T=90, K=16, V=16, h0=True, B=1, H=2)
+  q, k, v, g, h0, _, _, _ = make_inputs(case)
+  bounds = [0, 20, 21, 64, 90]
+  seg = jnp.concatenate([jnp.full((1, b - a), i % 2, jnp.int32)
+                         for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))], axis=1)
+  o, ht = fn(q, k, v, g, initial_state=h0, output_final_state=True, segment_ids=seg)
+  for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+    sl = lambda x: x[:, a:b]
+    o_i, ht_i = naive_recurrent_gla(sl(q), sl(k), sl(v), sl(g), output_final_state=True,
+                                    initial_state=h0 if i == 0 else None)
+    np.testing.assert_allclose(o[:, a:b], o_i, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ht, ht_i, rtol=1e-5, atol=1e-5)

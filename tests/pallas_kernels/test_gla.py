@@ -14,8 +14,8 @@ from absl.testing import parameterized
 from pallas_kernels.gla import (chunk_gla, chunk_gla_jnp, fused_recurrent_gla, naive_associative_gla,
                                 naive_parallel_gla, naive_recurrent_gla)
 from pallas_kernels.gla import ops
-from tests.pallas_kernels.gla_testing import (Case, assert_all_close, make_inputs, outputs_and_grads,
-                                              reference, rel_err)
+from tests.pallas_kernels.gla_testing import (Case, assert_all_close, check_packed_equals_separate,
+                                              make_inputs, outputs_and_grads, reference)
 
 F32_TOL = 1e-5
 BF16_TOL = {"o": 1e-2, "final_state": 1e-2, "dq": 2e-2, "dk": 2e-2, "dv": 2e-2, "dg": 3e-2,
@@ -105,19 +105,7 @@ class DocumentsTest(parameterized.TestCase):
   @parameterized.parameters("xla", "naive", "associative", "parallel")
   def test_packed_equals_separate(self, impl):
     """Packed documents give exactly what running each document alone gives."""
-    case = Case(T=90, K=16, V=16, h0=True, B=1, H=2)
-    q, k, v, g, h0, _, _, _ = make_inputs(case)
-    bounds = [0, 20, 21, 64, 90]  # includes a 1-token document and a boundary at a chunk edge
-    seg = jnp.concatenate([jnp.full((1, b - a), i % 2, jnp.int32)
-                           for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))], axis=1)
-    o, ht = chunk_gla(q, k, v, g, initial_state=h0, output_final_state=True, segment_ids=seg,
-                      impl=impl)
-    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-      sl = lambda x: x[:, a:b]
-      o_i, ht_i = naive_recurrent_gla(sl(q), sl(k), sl(v), sl(g), output_final_state=True,
-                                      initial_state=h0 if i == 0 else None)
-      np.testing.assert_allclose(o[:, a:b], o_i, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ht, ht_i, rtol=1e-5, atol=1e-5)
+    check_packed_equals_separate(functools.partial(chunk_gla, impl=impl))
 
   @parameterized.parameters("xla", "associative", "parallel")
   def test_no_gradient_across_documents(self, impl):

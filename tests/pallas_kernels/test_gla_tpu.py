@@ -20,8 +20,8 @@ import pytest
 from pallas_kernels.gla import chunk_gla, naive_recurrent_gla, ops
 from pallas_kernels.gla import tpu
 from pallas_kernels.gla.tpu import chunk_gla_tpu
-from tests.pallas_kernels.gla_testing import (Case, assert_all_close, make_inputs, outputs_and_grads,
-                                              reference)
+from tests.pallas_kernels.gla_testing import (Case, assert_all_close, check_packed_equals_separate,
+                                              make_inputs, outputs_and_grads, reference)
 
 F32_TOL = 1e-5
 BF16_TOL = {"o": 1e-2, "final_state": 1e-2, "dq": 2e-2, "dk": 2e-2, "dv": 2e-2, "dg": 3e-2,
@@ -174,19 +174,7 @@ def test_block_sizes(chunk_size, sub_chunk):
 
 @pytest.mark.slow
 def test_packed_documents_equal_separate_runs():
-  case = Case(T=90, K=16, V=16, h0=True, B=1, H=2)
-  q, k, v, g, h0, _, _, _ = make_inputs(case)
-  bounds = [0, 20, 21, 64, 90]  # a 1-token document, and a boundary on a chunk edge
-  seg = jnp.concatenate([jnp.full((1, b - a), i % 2, jnp.int32)
-                         for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))], axis=1)
-  o, ht = chunk_gla_tpu(q, k, v, g, initial_state=h0, output_final_state=True, segment_ids=seg,
-                        interpret=True, detect_races=False)
-  for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-    sl = lambda x: x[:, a:b]
-    o_i, ht_i = naive_recurrent_gla(sl(q), sl(k), sl(v), sl(g), output_final_state=True,
-                                    initial_state=h0 if i == 0 else None)
-    np.testing.assert_allclose(o[:, a:b], o_i, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(ht, ht_i, rtol=1e-5, atol=1e-5)
+  check_packed_equals_separate(functools.partial(chunk_gla_tpu, interpret=True, detect_races=False))
 
 
 @pytest.mark.slow
