@@ -53,6 +53,7 @@ from jax.sharding import PartitionSpec as P
 
 from gla_jax.layers.sharding import resolve
 from pallas_kernels import compat
+from pallas_kernels.common.checks import check_gla_inputs
 
 BATCH, HEADS = "batch", "heads"  # logical names of the activation dimensions split per shard
 
@@ -109,15 +110,12 @@ def plan(batch_size: int, num_heads: int, mesh=None) -> ShardPlan | None:
 
 
 def _consistent(q, k, v, g, initial_state, segment_ids) -> bool:
-  """Whether the shapes are those of a valid call (else the op is called directly and raises)."""
-  if any(getattr(x, "ndim", None) != 4 for x in (q, k, v, g)):
+  """Whether this is a valid call (else the op is called directly and raises its own error)."""
+  try:
+    check_gla_inputs(q, k, v, g, initial_state=initial_state, segment_ids=segment_ids)
+  except ValueError:
     return False
-  B, T, H, K = q.shape
-  if k.shape != q.shape or g.shape != q.shape or v.shape[:3] != (B, T, H):
-    return False
-  if segment_ids is not None and getattr(segment_ids, "shape", None) != (B, T):
-    return False
-  return initial_state is None or getattr(initial_state, "shape", None) == (B, H, K, v.shape[3])
+  return True
 
 
 def gla_per_shard(op: Callable, q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array, *,
