@@ -78,7 +78,7 @@ def _emit(path, record):
 def _variants(shape):
   """Block-size / policy variants of ours to compare in one run: name → chunk_gla_triton kwargs."""
   import dataclasses
-  from pallas_kernels.gla.triton_common import BlockSizes, padded_dim
+  from pallas_kernels.gla.triton.common import BlockSizes, padded_dim
   B, T, H, K, V = shape
   Kp, Vp = padded_dim(K), padded_dim(V)
   base = BlockSizes.get_default(B, H, Kp, Vp, T)
@@ -225,7 +225,7 @@ def run_breakdown(out_dir, shape_names, interpret: bool = False):
 
   import jax
   import jax.numpy as jnp
-  from pallas_kernels.gla import triton_bwd, triton_fwd, triton_scan
+  from pallas_kernels.gla.triton import bwd as triton_bwd, fwd as triton_fwd, scan as triton_scan
   from pallas_kernels.gla.triton import prepare
 
   for name in shape_names:

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels.gla import chunk_gla, naive_recurrent_gla
-from pallas_kernels.gla.ops import available_impls, current_platform
+from pallas_kernels.common.dispatch import current_platform
+from pallas_kernels.gla.ops import available_impls
 
 NAMES = ("o", "final_state", "dq", "dk", "dv", "dg", "dh0")
 

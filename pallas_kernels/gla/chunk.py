@@ -29,7 +29,8 @@ import jax.numpy as jnp
 
 from pallas_kernels import compat
 from pallas_kernels.common.checks import check_gla_inputs, default_scale
-from pallas_kernels.common.segments import doc_index
+from pallas_kernels.common.chunking import (DocMasks, chunked_doc_index, doc_masks, from_chunks,
+                                             to_chunks)
 
 SUB_CHUNK = 16
 _f32 = jnp.float32
@@ -70,32 +71,6 @@ def _suffix_sum(x):
 
 def _where(mask, x):
   return x if mask is None else jnp.where(mask, x, 0.0)
-
-
-@dataclasses.dataclass(frozen=True)
-class DocMasks:
-  """Per-chunk masks from the document index (all None when there are no segment_ids)."""
-
-  row_in: jax.Array | None = None  # [B, 1, N, C, 1]  row t still in the chunk's first document
-  row_out: jax.Array | None = None  # [B, 1, N, C, 1]  row s in the chunk's last document
-  carry: jax.Array | None = None  # [B, 1, N, 1, 1]  no document starts inside the chunk
-  same_doc: jax.Array | None = None  # [B, 1, N, C, C]  rows t, s in one document
-
-
-def doc_masks(doc: jax.Array | None) -> DocMasks:
-  """doc: [B, N, C] monotone document index, or None."""
-  if doc is None:
-    return DocMasks()
-  # the document of the token before each chunk (0 before the first one: initial_state's document)
-  prev = jnp.concatenate([jnp.zeros_like(doc[:, :1, -1]), doc[:, :-1, -1]], axis=1)  # [B, N]
-  last = doc[:, :, -1]
-  e = lambda m: m[:, None]  # broadcast over H
-  return DocMasks(
-      row_in=e(doc == prev[..., None])[..., None],
-      row_out=e(doc == last[..., None])[..., None],
-      carry=e(last == prev)[..., None, None],
-      same_doc=e(doc[..., :, None] == doc[..., None, :]),
-  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -358,30 +333,6 @@ def _chunk_gla_bwd_rule(opts, residuals, cotangents):
 _chunk_gla.defvjp(_chunk_gla_fwd_rule, _chunk_gla_bwd_rule)
 
 
-def to_chunks(x, C: int):
-  """[B, T, H, D] → [B, H, N, C, D], zero-padding T up to a multiple of C."""
-  B, T, H, D = x.shape
-  N = -(-T // C)
-  x = jnp.pad(x, ((0, 0), (0, N * C - T), (0, 0), (0, 0)))
-  return jnp.transpose(x.reshape(B, N, C, H, D), (0, 3, 1, 2, 4))
-
-
-def from_chunks(x, T: int):
-  """[B, H, N, C, D] → [B, T, H, D]."""
-  B, H, N, C, D = x.shape
-  return jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(B, N * C, H, D)[:, :T]
-
-
-def chunked_doc_index(segment_ids, C: int):
-  """segment_ids [B, T] → doc index [B, N, C]; padding continues the last document."""
-  if segment_ids is None:
-    return None
-  doc = doc_index(segment_ids)
-  B, T = doc.shape
-  N = -(-T // C)
-  return jnp.pad(doc, ((0, 0), (0, N * C - T)), mode="edge").reshape(B, N, C)
-
-
 def chunk_gla_jnp(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
                   segment_ids=None, chunk_size=64):
   """Chunkwise two-level GLA in jnp (the XLA implementation of `chunk_gla`).
@@ -406,6 +357,14 @@ def chunk_gla_jnp(q, k, v, g, *, scale=None, initial_state=None, output_final_st
   """
   info = check_gla_inputs(q, k, v, g, scale=scale, initial_state=initial_state,
                           segment_ids=segment_ids, chunk_size=chunk_size)
+  return chunk_gla_xla(info, q, k, v, g, scale=scale, initial_state=initial_state,
+                       output_final_state=output_final_state, segment_ids=segment_ids,
+                       chunk_size=chunk_size)
+
+
+def chunk_gla_xla(info, q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
+                  segment_ids=None, chunk_size=64):
+  """`chunk_gla_jnp` on an already-checked call (`info`: its `CallInfo`); the registered "xla" impl."""
   opts = ChunkOptions(scale=default_scale(scale, info.K), chunk_size=chunk_size,
                       compute_dtype=jnp.dtype(q.dtype).name)
   C = chunk_size

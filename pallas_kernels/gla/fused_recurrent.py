@@ -28,6 +28,14 @@ def fused_recurrent_gla_xla(q, k, v, g, *, scale=None, initial_state=None, outpu
                             segment_ids=None, unroll: int = 1):
   """The recurrence as one `lax.scan` (XLA). Contract of `pallas_kernels.gla.chunk_gla`."""
   info = check_gla_inputs(q, k, v, g, scale=scale, initial_state=initial_state, segment_ids=segment_ids)
+  return fused_recurrent_gla_scan(info, q, k, v, g, scale=scale, initial_state=initial_state,
+                                  output_final_state=output_final_state, segment_ids=segment_ids,
+                                  unroll=unroll)
+
+
+def fused_recurrent_gla_scan(info, q, k, v, g, *, scale=None, initial_state=None,
+                             output_final_state=False, segment_ids=None, unroll: int = 1):
+  """`fused_recurrent_gla_xla` on an already-checked call; the registered "xla" impl."""
   scale = default_scale(scale, info.K)
   h = (jnp.zeros((info.B, info.H, info.K, info.V), _f32) if initial_state is None
        else initial_state.astype(_f32))

@@ -1,95 +1,41 @@
-"""The public GLA ops and the dispatch among their implementations.
+"""The public GLA ops on the family's one registry (`pallas_kernels.common.dispatch.Op`).
 
-Each implementation registers an `Implementation`: its function (the `chunk_gla` keyword contract), the
-platforms it runs on compiled, and a `check` that says why it cannot serve a call (or None). Kernel
-modules ("triton", "tpu") are imported on first use and register themselves. `impl="auto"` walks the
-platform's preference list and takes the first implementation that supports the call; an explicit
-`impl` that cannot serve the call raises a ValueError with the reason — there is no silent fallback.
+`CHUNK_GLA` owns the input check (run once per call) and the implementations: the jnp forms registered
+here, the kernel backends ("triton", "tpu") imported on first use from their subfolders, which define
+their `Implementation` and never import this module. `impl="auto"` walks the platform's list (GPU:
+triton, xla; TPU and CPU: xla — the TPU kernels stay explicit-only until they have run on a TPU) and
+takes the first implementation that supports the call; an explicit `impl` that cannot serve the call
+raises a ValueError with the reason — there is no silent fallback.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-from collections.abc import Callable
-
-
-from pallas_kernels import compat
 from pallas_kernels.common.checks import CallInfo, check_gla_inputs
-from pallas_kernels.gla.chunk import chunk_gla_jnp
-from pallas_kernels.gla.fused_recurrent import fused_recurrent_gla_xla
+from pallas_kernels.common.dispatch import Implementation, Op
+from pallas_kernels.gla.chunk import chunk_gla_xla
+from pallas_kernels.gla.fused_recurrent import fused_recurrent_gla_scan
 from pallas_kernels.gla.naive import naive_associative_gla, naive_parallel_gla, naive_recurrent_gla
 
-ALL_PLATFORMS = frozenset({"cpu", "gpu", "tpu"})
+
+def _check_chunk(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
+                 segment_ids=None, chunk_size=64) -> CallInfo:
+  del output_final_state
+  return check_gla_inputs(q, k, v, g, scale=scale, initial_state=initial_state,
+                          segment_ids=segment_ids, chunk_size=chunk_size)
 
 
-@dataclasses.dataclass(frozen=True)
-class Implementation:
-  """One way to compute the GLA op."""
-
-  name: str
-  fn: Callable  # fn(q, k, v, g, *, scale, initial_state, output_final_state, segment_ids, chunk_size)
-  platforms: frozenset[str] = ALL_PLATFORMS  # where it runs compiled (interpret mode does not count)
-  check: Callable[[CallInfo], str | None] = lambda info: None  # why it cannot serve a call, or None
+def _check_recurrent(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
+                     segment_ids=None) -> CallInfo:
+  del output_final_state
+  return check_gla_inputs(q, k, v, g, scale=scale, initial_state=initial_state,
+                          segment_ids=segment_ids)
 
 
-_REGISTRY: dict[str, Implementation] = {}
-# kernel modules, imported on first use; each calls `register` at import time
-_KERNEL_MODULES = {"triton": "pallas_kernels.gla.triton", "tpu": "pallas_kernels.gla.tpu"}
-# preference of impl="auto", per platform
-AUTO_ORDER = {"gpu": ("triton", "xla"), "tpu": ("tpu", "xla"), "cpu": ("xla",)}
-
-
-def register(impl: Implementation) -> None:
-  _REGISTRY[impl.name] = impl
-
-
-def current_platform() -> str:
-  """The platform dispatch decides for ("cpu", "gpu" or "tpu"); tests patch this."""
-  return compat.backend_platform()
-
-
-def _lookup(name: str) -> Implementation | None:
-  if name not in _REGISTRY and name in _KERNEL_MODULES:
-    try:
-      importlib.import_module(_KERNEL_MODULES[name])
-    except ModuleNotFoundError as e:  # the kernel module is not part of this build
-      if e.name != _KERNEL_MODULES[name]:
-        raise
-  return _REGISTRY.get(name)
-
-
-def available_impls() -> tuple[str, ...]:
-  """Every implementation name `chunk_gla` accepts besides "auto"."""
-  return tuple(n for n in (*_REGISTRY, *_KERNEL_MODULES) if _lookup(n) is not None)
-
-
-def select_impl(info: CallInfo, impl: str = "auto", platform: str | None = None) -> Implementation:
-  """The implementation that serves a call; ValueError if the named one cannot."""
-  platform = platform or current_platform()
-  if impl == "auto":
-    reasons = []
-    for name in AUTO_ORDER.get(platform, ("xla",)):
-      candidate = _lookup(name)
-      if candidate is None or platform not in candidate.platforms:
-        continue
-      reason = candidate.check(info)
-      if reason is None:
-        return candidate
-      reasons.append(f"{name}: {reason}")
-    raise ValueError(f"impl='auto' found no implementation for this call on {platform}: {reasons}")
-  if not isinstance(impl, str):
-    raise ValueError(f"impl must be a string, got {impl!r}")
-  candidate = _lookup(impl)
-  if candidate is None:
-    raise ValueError(f"impl must be 'auto' or one of {available_impls()}, got {impl!r}")
-  if platform not in candidate.platforms:
-    raise ValueError(f"impl={impl!r} runs on {sorted(candidate.platforms)}, not on {platform}")
-  reason = candidate.check(info)
-  if reason is not None:
-    raise ValueError(f"impl={impl!r} cannot serve this call: {reason}")
-  return candidate
-
+CHUNK_GLA = Op("chunk_gla", check=_check_chunk,
+               auto_order={"gpu": ("triton", "xla"), "tpu": ("xla",), "cpu": ("xla",)},
+               backends={"triton": "pallas_kernels.gla.triton.ops:IMPLEMENTATION",
+                         "tpu": "pallas_kernels.gla.tpu.ops:IMPLEMENTATION"})
+FUSED_RECURRENT_GLA = Op("fused_recurrent_gla", check=_check_recurrent, auto_order={})
 
 def chunk_gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
               segment_ids=None, chunk_size=64, impl="auto"):
@@ -122,11 +68,9 @@ def chunk_gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state=
     >>> g = jax.nn.log_sigmoid(jax.random.normal(kg, (B, T, H, K))) / 16
     >>> o, state = chunk_gla(q, k, v, g, output_final_state=True)
   """
-  info = check_gla_inputs(q, k, v, g, scale=scale, initial_state=initial_state,
-                          segment_ids=segment_ids, chunk_size=chunk_size)
-  fn = select_impl(info, impl).fn
-  return fn(q, k, v, g, scale=scale, initial_state=initial_state,
-            output_final_state=output_final_state, segment_ids=segment_ids, chunk_size=chunk_size)
+  return CHUNK_GLA(q, k, v, g, scale=scale, initial_state=initial_state,
+                   output_final_state=output_final_state, segment_ids=segment_ids,
+                   chunk_size=chunk_size, impl=impl)
 
 
 def fused_recurrent_gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
@@ -136,11 +80,20 @@ def fused_recurrent_gla(q, k, v, g, *, scale=None, initial_state=None, output_fi
   Same arguments, returns and gradients as `chunk_gla` (without `chunk_size`). `impl`: "auto" or
   "xla" (one `lax.scan`; its gradient keeps a state per token, so train long sequences with `chunk_gla`).
   """
-  check_gla_inputs(q, k, v, g, scale=scale, initial_state=initial_state, segment_ids=segment_ids)
-  if impl not in ("auto", "xla"):
-    raise ValueError(f"impl for fused_recurrent_gla must be 'auto' or 'xla', got {impl!r}")
-  return fused_recurrent_gla_xla(q, k, v, g, scale=scale, initial_state=initial_state,
-                                 output_final_state=output_final_state, segment_ids=segment_ids)
+  return FUSED_RECURRENT_GLA(q, k, v, g, scale=scale, initial_state=initial_state,
+                             output_final_state=output_final_state, segment_ids=segment_ids,
+                             impl=impl)
+
+
+
+def available_impls() -> tuple[str, ...]:
+  """Every implementation name `chunk_gla` accepts besides "auto"."""
+  return CHUNK_GLA.available_impls()
+
+
+def select_impl(info: CallInfo, impl: str = "auto", platform: str | None = None) -> Implementation:
+  """The implementation of `chunk_gla` that serves a checked call; ValueError if the named one cannot."""
+  return CHUNK_GLA.select(info, impl, platform)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,8 +102,8 @@ def fused_recurrent_gla(q, k, v, g, *, scale=None, initial_state=None, output_fi
 
 
 def _reference(fn):
-  def run(q, k, v, g, *, chunk_size=None, **kw):
-    del chunk_size  # references do not chunk
+  def run(info, q, k, v, g, *, chunk_size=None, **kw):
+    del info, chunk_size  # references check their own inputs and do not chunk
     o, ht = fn(q, k, v, g, **kw)
     return o.astype(v.dtype), ht
   return run
@@ -169,8 +122,9 @@ def _associative_check(info: CallInfo) -> str | None:
   return None
 
 
-register(Implementation("xla", chunk_gla_jnp))
-register(Implementation("naive", _reference(naive_recurrent_gla)))
-register(Implementation("associative", _reference(naive_associative_gla), check=_associative_check))
-register(Implementation("parallel", _reference(naive_parallel_gla), check=_parallel_check))
-
+CHUNK_GLA.register(Implementation("xla", chunk_gla_xla))
+CHUNK_GLA.register(Implementation("naive", _reference(naive_recurrent_gla)))
+CHUNK_GLA.register(Implementation("associative", _reference(naive_associative_gla),
+                                  check=_associative_check))
+CHUNK_GLA.register(Implementation("parallel", _reference(naive_parallel_gla), check=_parallel_check))
+FUSED_RECURRENT_GLA.register(Implementation("xla", fused_recurrent_gla_scan))

@@ -8,6 +8,7 @@ import contextlib
 import jax
 import numpy as np
 
+from pallas_kernels.common.dispatch import Implementation
 from pallas_kernels.gla import ops
 from pallas_kernels.gla.chunk import chunk_gla_jnp
 
@@ -20,17 +21,18 @@ def recording_impl():
   shapes of its calls (recorded at trace time; None for an absent argument)."""
   calls: list[tuple] = []
 
-  def fn(q, k, v, g, **kw):
+  def fn(info, q, k, v, g, **kw):
+    del info
     shape = lambda x: None if x is None else tuple(x.shape)
     calls.append((shape(q), shape(v), shape(kw.get("initial_state")), shape(kw.get("segment_ids"))))
     return chunk_gla_jnp(q, k, v, g, **kw)
 
-  assert NAME not in ops._REGISTRY  # pylint: disable=protected-access
-  ops.register(ops.Implementation(NAME, fn))
+  assert NAME not in ops.CHUNK_GLA.registry
+  ops.CHUNK_GLA.register(Implementation(NAME, fn))
   try:
     yield calls
   finally:
-    ops._REGISTRY.pop(NAME, None)  # pylint: disable=protected-access
+    ops.CHUNK_GLA.registry.pop(NAME, None)
 
 
 def rel_err(a, b) -> float:

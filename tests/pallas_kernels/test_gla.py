@@ -13,6 +13,8 @@ from absl.testing import parameterized
 
 from pallas_kernels.gla import (chunk_gla, chunk_gla_jnp, fused_recurrent_gla, naive_associative_gla,
                                 naive_parallel_gla, naive_recurrent_gla)
+from pallas_kernels.common.dispatch import Implementation
+from pallas_kernels.common.checks import check_gla_inputs
 from pallas_kernels.gla import ops
 from tests.pallas_kernels.gla_testing import (Case, assert_all_close, check_packed_equals_separate,
                                               make_inputs, outputs_and_grads, reference)
@@ -138,15 +140,15 @@ class DispatchTest(parameterized.TestCase):
 
   @parameterized.parameters("cpu", "gpu", "tpu")
   def test_auto_picks_a_supporting_impl(self, platform):
-    info = ops.check_gla_inputs(*make_inputs(Case(T=64))[:4])
+    info = check_gla_inputs(*make_inputs(Case(T=64))[:4])
     chosen = ops.select_impl(info, "auto", platform=platform)
-    preferred = [n for n in ops.AUTO_ORDER[platform] if ops._lookup(n) is not None
-                 and platform in ops._lookup(n).platforms and ops._lookup(n).check(info) is None]
+    preferred = [n for n in ops.CHUNK_GLA.auto_order[platform] if ops.CHUNK_GLA.lookup(n) is not None
+                 and platform in ops.CHUNK_GLA.lookup(n).platforms and ops.CHUNK_GLA.lookup(n).check(info) is None]
     assert chosen.name == preferred[0]
     assert platform in chosen.platforms
 
   def test_auto_never_picks_interpreted_kernels_on_cpu(self):
-    info = ops.check_gla_inputs(*make_inputs(Case(T=64))[:4])
+    info = check_gla_inputs(*make_inputs(Case(T=64))[:4])
     assert ops.select_impl(info, "auto", platform="cpu").name == "xla"
 
   def test_explicit_impl_that_cannot_serve_raises(self):
@@ -160,14 +162,15 @@ class DispatchTest(parameterized.TestCase):
       chunk_gla(q, q, q, q, impl="cuda_magic")
 
   def test_kernel_impl_on_wrong_platform(self):
-    fake = ops.Implementation("fake_gpu_kernel", chunk_gla_jnp, platforms=frozenset({"gpu"}))
-    ops.register(fake)
+    fake = Implementation("fake_gpu_kernel", lambda info, *a, **kw: chunk_gla_jnp(*a, **kw),
+                          platforms=frozenset({"gpu"}))
+    ops.CHUNK_GLA.register(fake)
     try:
       q = jnp.zeros((1, 8, 1, 16))
       with pytest.raises(ValueError, match="runs on \\['gpu'\\], not on cpu"):
         chunk_gla(q, q, q, q, impl="fake_gpu_kernel")
     finally:
-      ops._REGISTRY.pop("fake_gpu_kernel")
+      ops.CHUNK_GLA.registry.pop("fake_gpu_kernel")
 
 
 def _args(B=2, T=8, H=2, K=16, V=8, dtype=jnp.float32):

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pallas_kernels.common.checks import check_gla_inputs
 from pallas_kernels.gla import chunk_gla, naive_recurrent_gla, ops
-from pallas_kernels.gla import tpu
+from pallas_kernels.gla.tpu import ops as tpu
 from pallas_kernels.gla.tpu import chunk_gla_tpu
 from tests.pallas_kernels.gla_testing import (Case, assert_all_close, check_packed_equals_separate,
                                               make_inputs, outputs_and_grads, reference)
@@ -72,33 +73,35 @@ def test_no_state_no_documents_one_head_per_step_small_chunks():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_auto_picks_tpu_on_a_tpu_backend(monkeypatch):
-  """impl="auto" on a (mocked) TPU platform selects and runs the TPU kernels (interpreted here); the
-  forward without segment_ids, one head per grid step."""
-  monkeypatch.setattr(ops, "current_platform", lambda: "tpu")
+def test_auto_on_tpu_stays_off_the_unqualified_kernels(monkeypatch):
+  """impl="auto" on a (mocked) TPU platform does not pick the TPU kernels (never run on a TPU);
+  impl="tpu" selects and runs them (interpreted here); the forward without segment_ids, one head per
+  grid step."""
+  monkeypatch.setattr(ops.CHUNK_GLA, "platform", lambda: "tpu")
   case = Case(T=40, K=16, V=16, gate="normal", h0=True, seg=False, B=2, H=1)
   q, k, v, g, h0, _, _, _ = make_inputs(case)
-  info = ops.check_gla_inputs(q, k, v, g)
-  assert ops.select_impl(info, "auto").name == "tpu"
-  registered = ops._REGISTRY["tpu"]
-  assert registered.fn is chunk_gla_tpu and registered.platforms == frozenset({"tpu"})
+  info = check_gla_inputs(q, k, v, g)
+  assert ops.select_impl(info, "auto").name == "xla"
+  assert ops.select_impl(info, "tpu").name == "tpu"
+  registered = ops.CHUNK_GLA.lookup("tpu")
+  assert registered.platforms == frozenset({"tpu"})
   calls = []
 
-  def interpreted(*args, **kw):
+  def interpreted(info, *args, **kw):
     calls.append(1)
-    return chunk_gla_tpu(*args, interpret=True, detect_races=False, **kw)
+    return registered.fn(info, *args, interpret=True, detect_races=False, **kw)
 
-  monkeypatch.setitem(ops._REGISTRY, "tpu", dataclasses.replace(registered, fn=interpreted))
-  o, ht = chunk_gla(q, k, v, g, initial_state=h0, output_final_state=True, impl="auto")
+  monkeypatch.setitem(ops.CHUNK_GLA.registry, "tpu", dataclasses.replace(registered, fn=interpreted))
+  o, ht = chunk_gla(q, k, v, g, initial_state=h0, output_final_state=True, impl="tpu")
   o_ref, ht_ref = naive_recurrent_gla(q, k, v, g, initial_state=h0, output_final_state=True)
-  assert calls, "impl='auto' did not go through the TPU implementation"
+  assert calls, "impl='tpu' did not go through the TPU implementation"
   np.testing.assert_allclose(o, o_ref, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(ht, ht_ref, rtol=1e-5, atol=1e-5)
 
 
-def test_auto_falls_back_to_xla_on_tpu_past_the_vmem_budget():
+def test_tpu_impl_refuses_past_the_vmem_budget():
   q = jax.ShapeDtypeStruct((1, 64, 1, 640), jnp.bfloat16)
-  info = ops.check_gla_inputs(q, q, q, q)
+  info = check_gla_inputs(q, q, q, q)
   assert ops.select_impl(info, "auto", platform="tpu").name == "xla"
   with pytest.raises(ValueError, match="budget VMEM for K, V ≤ 512"):
     ops.select_impl(info, "tpu", platform="tpu")
@@ -135,7 +138,7 @@ def test_kernels_lower_to_mosaic_for_tpu(dtype, seg):
 
 def test_vmem_model_fits_every_supported_shape():
   """The VMEM estimate of every kernel stays under the limit it asks for, at the largest K, V."""
-  from pallas_kernels.gla import tpu_model
+  from pallas_kernels.gla.tpu import model as tpu_model
   for C in (64, 128, 256):
     for itemsize in (2, 4):
       for stage in ("fwd", "state_pass", "bwd"):
@@ -184,7 +187,7 @@ def test_packed_documents_equal_separate_runs():
 def test_deviceless_compile(chip):
   """The whole Mosaic + TPU backend pipeline accepts the kernels (340M layer shape, packed documents),
   and one grid step's schedule is not absurdly long."""
-  from pallas_kernels.gla import tpu_aot
+  from pallas_kernels.gla.tpu import aot as tpu_aot
   bundles = tpu_aot.static_bundles(chip, K=128, V=256, C=64, dtype="bfloat16", segments=True)
   for name in tpu_aot.KERNELS:
     assert bundles[name] is not None and 50 < bundles[name] < 5000, bundles

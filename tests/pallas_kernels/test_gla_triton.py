@@ -17,9 +17,10 @@ import pytest
 from absl.testing import parameterized
 
 from pallas_kernels import compat
+from pallas_kernels.common.checks import check_gla_inputs
 from pallas_kernels.gla import chunk_gla, chunk_gla_jnp, ops
 from pallas_kernels.gla.triton import chunk_gla_triton, check_call
-from pallas_kernels.gla.triton_common import BlockSizes, padded_dim
+from pallas_kernels.gla.triton.common import BlockSizes, padded_dim
 from tests.pallas_kernels.gla_testing import (Case, assert_all_close, make_inputs, outputs_and_grads,
                                               reference, rel_err)
 from tests.peers import narrow_fla_autotune
@@ -125,13 +126,13 @@ def _check_shard_map(test, fn, mesh_shape, check_vma: bool):
 class RegistrationTest(parameterized.TestCase):
 
   def test_registered_for_gpu_and_chosen_by_auto(self):
-    info = ops.check_gla_inputs(*make_inputs(Case(T=64, K=256, V=512, B=1, H=1))[:4])
+    info = check_gla_inputs(*make_inputs(Case(T=64, K=256, V=512, B=1, H=1))[:4])
     impl = ops.select_impl(info, "auto", platform="gpu")
     assert impl.name == "triton" and impl.platforms == frozenset({"gpu"})
 
   def test_refuses_head_dims_over_512(self):
     q = jnp.zeros((1, 8, 1, 640))
-    info = ops.check_gla_inputs(q, q, jnp.zeros((1, 8, 1, 16)), q)
+    info = check_gla_inputs(q, q, jnp.zeros((1, 8, 1, 16)), q)
     assert "K and V must be at most 512" in check_call(info)
     assert ops.select_impl(info, "auto", platform="gpu").name == "xla"
     with pytest.raises(ValueError, match="at most 512"):

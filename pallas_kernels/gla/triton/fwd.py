@@ -23,9 +23,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels import compat
-from pallas_kernels.gla import triton_common as tc
-from pallas_kernels.gla import triton_scan
-from pallas_kernels.gla.triton_common import C, F32, KernelOptions, load, mm, rows
+from pallas_kernels.gla.triton import common as tc
+from pallas_kernels.gla.triton import scan as triton_scan
+from pallas_kernels.gla.triton.common import C, F32, KernelOptions, load, mm, rows
 
 pl = tc.pl
 
@@ -331,7 +331,7 @@ def state_tiles(opts: KernelOptions, bk: int, bv: int):
 def chunk_state_pass(k, v, g, h0, doc, opts: KernelOptions, final_state: bool = False):
   """→ hs [B·H, N, K, V] (opts.state_dtype): the state entering each chunk (and, if `final_state`,
   the state after the last chunk [B, H, K, V] f32). Sequential fused kernel, or with
-  `blocks.state_scan` the two-phase version of triton_scan.py."""
+  `blocks.state_scan` the two-phase version of scan.py."""
   if opts.blocks.state_scan:
     return triton_scan.chunk_state_pass(k, v, g, h0, doc, opts, final_state)
   B, T, H, K, V, N = opts.B, opts.T, opts.H, opts.K, opts.V, opts.N

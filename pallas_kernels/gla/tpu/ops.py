@@ -1,7 +1,7 @@
 """Pallas Mosaic TPU kernels for chunkwise GLA, forward and backward (impl="tpu").
 
 Three kernels, each a grid (B, H, N) with the chunk axis last and sequential ("arbitrary"), the carried
-[V, K] state (transposed, see tpu_stages) in a float32 VMEM scratch initialised under
+[V, K] state (transposed, see stages.py) in a float32 VMEM scratch initialised under
 `pl.when(first chunk)`:
 
   `gla_chunk_fwd`         stages 1–4: o of every chunk and the final state
@@ -12,7 +12,7 @@ Three kernels, each a grid (B, H, N) with the chunk axis last and sequential ("a
 Layout: q, k, g are viewed as [B, T, H·K] and v, o as [B, T, H·V] (a free reshape of fla's [B, T, H, K]);
 a block is one chunk of one head, (C, K). K and V are zero-padded to multiples of 128 (lanes) and T to a
 multiple of C inside; none of it is visible to the caller. Padded gates are 0, so padded tokens and
-channels leave the state alone. Block sizes and VMEM use: benchmarks/TPU.md and `tpu_model.py`.
+channels leave the state alone. Block sizes and VMEM use: benchmarks/TPU.md and `model.py`.
 
 Run on CPU with `interpret=True` (Pallas' TPU interpreter with race detection and NaN-filled
 uninitialised memory).
@@ -28,10 +28,10 @@ import jax.numpy as jnp
 
 from pallas_kernels import compat
 from pallas_kernels.common.checks import CallInfo, check_gla_inputs, default_scale
-from pallas_kernels.gla import ops
-from pallas_kernels.gla import tpu_model
-from pallas_kernels.gla import tpu_stages as st
-from pallas_kernels.gla.chunk import chunked_doc_index
+from pallas_kernels.common.dispatch import Implementation
+from pallas_kernels.gla.tpu import model as tpu_model
+from pallas_kernels.gla.tpu import stages as st
+from pallas_kernels.common.chunking import chunked_doc_index
 
 pl = compat.pl
 pltpu = compat.pltpu
@@ -330,6 +330,16 @@ def chunk_gla_tpu(q, k, v, g, *, scale=None, initial_state=None, output_final_st
   """
   info = check_gla_inputs(q, k, v, g, scale=scale, initial_state=initial_state,
                           segment_ids=segment_ids, chunk_size=chunk_size)
+  return _chunk_gla_tpu_checked(info, q, k, v, g, scale=scale, initial_state=initial_state,
+                                output_final_state=output_final_state, segment_ids=segment_ids,
+                                chunk_size=chunk_size, sub_chunk=sub_chunk,
+                                heads_per_block=heads_per_block, interpret=interpret,
+                                detect_races=detect_races)
+
+
+def _chunk_gla_tpu_checked(info: CallInfo, q, k, v, g, *, scale=None, initial_state=None,
+                           output_final_state=False, segment_ids=None, chunk_size=64, sub_chunk=8,
+                           heads_per_block=None, interpret=False, detect_races=True):
   B, T, H, K, V = info.B, info.T, info.H, info.K, info.V
   C = chunk_size
   Tp, Kp, Vp = _pad_to(T, C), _pad_to(K, LANES), _pad_to(V, LANES)
@@ -366,4 +376,6 @@ def _check(info: CallInfo) -> str | None:
   return None
 
 
-ops.register(ops.Implementation("tpu", chunk_gla_tpu, platforms=frozenset({"tpu"}), check=_check))
+# explicit-only (`impl="tpu"`): not in `impl="auto"`'s TPU list until the kernels have run on a TPU
+IMPLEMENTATION = Implementation("tpu", _chunk_gla_tpu_checked, platforms=frozenset({"tpu"}),
+                                check=_check)

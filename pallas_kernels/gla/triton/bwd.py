@@ -21,10 +21,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels import compat
-from pallas_kernels.gla import triton_common as tc
-from pallas_kernels.gla import triton_scan
-from pallas_kernels.gla.triton_common import C, F32, KernelOptions, load, mm, mm_sum, rows
-from pallas_kernels.gla.triton_fwd import doc_block, seq_block, state_tiles
+from pallas_kernels.gla.triton import common as tc
+from pallas_kernels.gla.triton import scan as triton_scan
+from pallas_kernels.gla.triton.common import C, F32, KernelOptions, load, mm, mm_sum, rows
+from pallas_kernels.gla.triton.fwd import doc_block, seq_block, state_tiles
 
 pl = tc.pl
 
@@ -58,7 +58,7 @@ def chunk_state_grad_pass_kernel(*refs, opts: KernelOptions):
 
 def chunk_state_grad_pass(q, do, g, dht, doc, opts: KernelOptions):
   """→ (dhs [B·H, N, K, V]: gradient w.r.t. the state leaving each chunk, dh0 [B, H, K, V] f32).
-  Sequential fused kernel, or with `blocks.state_scan` the two-phase version of triton_scan.py."""
+  Sequential fused kernel, or with `blocks.state_scan` the two-phase version of scan.py."""
   if opts.blocks.state_scan:
     return triton_scan.chunk_state_grad_pass(q, do, g, dht, doc, opts)
   B, T, H, K, V, N = opts.B, opts.T, opts.H, opts.K, opts.V, opts.N

@@ -1,4 +1,4 @@
-"""In-kernel building blocks shared by the GLA Pallas Triton kernels (`triton_fwd.py`, `triton_bwd.py`).
+"""In-kernel building blocks shared by the GLA Pallas Triton kernels (`fwd.py`, `bwd.py`).
 
 Everything here runs *inside* a kernel body on tiles loaded from refs: the chunk-local cumsum of the gates
 (stage 1 of `chunk.py`), the document masks of a chunk, the blocks of the intra-chunk attention (stage 3)
@@ -16,7 +16,7 @@ Every chunk (C = 64 rows) takes one of two exact decompositions of A_ts = Σ_d q
 The two-level code walks sub-chunks and K / V tiles in dynamic loops, so it adds little code; it only
 runs for the chunks that need it. Exponents are differences of float32 chunk cumsums (|G| ≤ 1280 at
 g ≈ −20: ~1e-4 absolute), well inside the bf16-level target; dg keeps `chunk.py`'s cancellation-free
-structure (see `triton_bwd.py`).
+structure (see `bwd.py`).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class BlockSizes:
   dv_bv: int
   out_bv: int = 64  # chunk_output (sequence-parallel forward): V tile = grid axis
   fwd_parallel: bool = False  # forward as chunk_state_pass + chunk_output instead of chunk_fwd
-  state_scan: bool = False  # state passes as chunk summaries + elementwise scan (triton_scan.py)
+  state_scan: bool = False  # state passes as chunk summaries + elementwise scan (scan.py)
   dense_diag_tf32: bool = False  # chunk_grads, dense chunks: intra dq, dk with TF32 operands, not bf16
   #   (bf16 inputs; the two-level path always uses TF32 there). H100: dg error 4.2e-3 → 1.4e-3, dq/dk
   #   3.1e-3 → 1.7e-3 (fla: 1.6e-3 / 1.9e-3) for +8–12 % fwd+bwd time.
@@ -97,7 +97,7 @@ class BlockSizes:
     128-wide K/V tiles for A, dA and dv (−0.6 ms vs 64 at 8,2048,16,128,128 on an H100) and 4 warps
     up to K = V = 128 (two programs per SM: −0.45 ms there and at 2,8192,16,128,128), 8 above (at
     K = 256 four warps spill: +1.1 ms at 8,2048,4,256,512; at 8,2048,4,128,256 8 warps: 1.43 vs 1.72 ms).
-    From `SCAN_MIN_CHUNKS` chunks on, the state passes are two-phase scans (triton_scan.py): at
+    From `SCAN_MIN_CHUNKS` chunks on, the state passes are two-phase scans (scan.py): at
     2,8192,16,128,128 0.32 vs 0.75 ms each; the sequence-parallel forward's chunk_output then takes
     128-wide V tiles and 4 warps (0.70 vs 1.03 ms forward there)."""
     bv = min(V, 128, max(16, 16384 // K))

@@ -1,9 +1,9 @@
 """A paper performance model of the GLA TPU kernels (`tpu.py`): VMEM per block, HBM bytes, MXU and VPU
 work per chunk of one head, and the time bounds they imply on TPU v5e / v5p / v6e.
 
-Nothing here was measured on a TPU. The counts follow the kernel code line by line (tpu_stages.py); the
+Nothing here was measured on a TPU. The counts follow the kernel code line by line (stages.py); the
 chip figures are JAX's own table (`pltpu.get_tpu_info_for_chip`, per TensorCore) except the VPU / EUP
-issue rates and clocks, which are assumptions stated in `CHIPS`. `python -m pallas_kernels.gla.tpu_model`
+issue rates and clocks, which are assumptions stated in `CHIPS`. `python -m pallas_kernels.gla.tpu.model`
 prints the tables of benchmarks/TPU.md.
 """
 
@@ -112,7 +112,7 @@ CHIPS = {
 
 
 # ------------------------------------------------------------------------------------------------
-# per chunk of one head: HBM bytes and MXU flops, kernel by kernel (as tpu.py / tpu_stages.py do it)
+# per chunk of one head: HBM bytes and MXU flops, kernel by kernel (as tpu.py / stages.py do it)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -152,7 +152,7 @@ def chunk_costs(C: int, K: int, V: int, S: int = 8, itemsize: int = 2, g_itemsiz
 # ------------------------------------------------------------------------------------------------
 
 # Bundles (VLIW instruction words ≈ cycles without stalls) of one grid step of each kernel, from
-# `python -m pallas_kernels.gla.tpu_aot` (deviceless AOT compile: jax/jaxlib 0.10.2, libtpu 0.0.42.1,
+# `python -m pallas_kernels.gla.tpu.aot` (deviceless AOT compile: jax/jaxlib 0.10.2, libtpu 0.0.42.1,
 # 2026-11-22; bf16 inputs, float32 gates, no segment_ids, S = 8). Key: (chip, K, V, C, heads per step).
 # A grid step covers `hb` heads of one chunk. Nothing here ran on a TPU.
 STATIC_BUNDLES: dict[tuple[str, int, int, int, int], dict[str, int]] = {

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels import compat
-from pallas_kernels.gla import triton_common as tc
-from pallas_kernels.gla.triton_common import C, F32, KernelOptions, load, mm, rows
+from pallas_kernels.gla.triton import common as tc
+from pallas_kernels.gla.triton.common import C, F32, KernelOptions, load, mm, rows
 
 pl = tc.pl
 

@@ -9,7 +9,7 @@ chunk of one head — issues. It is a static count, not a measurement: nothing r
 Usage (libtpu is not a dependency; install it anywhere, e.g. `pip install --target /tmp/libtpu libtpu==0.0.42.*`
 for jax 0.10.2):
 
-    PYTHONPATH=/tmp/libtpu:. python -m pallas_kernels.gla.tpu_aot --chip v5e --K 128 --V 256 --C 64
+    PYTHONPATH=/tmp/libtpu:. python -m pallas_kernels.gla.tpu.aot --chip v5e --K 128 --V 256 --C 64
 
 prints, per kernel, the bundles of one grid step. The work happens in a child process, because libtpu reads
 its flags and the TPU_* variables once, at import.
@@ -102,7 +102,7 @@ def static_bundles(chip: str, K: int, V: int, C: int, S: int = 8, hb: int = 1,
                ALLOW_MULTIPLE_LIBTPU_LOAD="1",  # libtpu locks /tmp/libtpu_lockfile otherwise
                TPU_ACCELERATOR_TYPE=TOPOLOGIES[chip][1],
                LIBTPU_INIT_ARGS=f"--xla_jf_dump_to={dump} --xla_jf_dump_llo_text=true")
-    cmd = [sys.executable, "-m", "pallas_kernels.gla.tpu_aot", "--child", "--chip", chip, "--K",
+    cmd = [sys.executable, "-m", "pallas_kernels.gla.tpu.aot", "--child", "--chip", chip, "--K",
            str(K), "--V", str(V), "--C", str(C), "--S", str(S), "--hb", str(hb), "--dtype", dtype, "--dump", dump]
     if segments:
       cmd.append("--segments")

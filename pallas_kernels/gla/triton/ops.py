@@ -7,17 +7,17 @@ Registered as `chunk_gla(..., impl="triton")` and preferred by `impl="auto"` on 
 `chunk.py` by name (chunk_local_cumsum, chunk_state_pass, chunk_intra_attention, chunk_output,
 chunk_state_grad_pass, chunk_grads, chunk_gate_grad); the kernels:
 
-  forward   `chunk_fwd` (triton_fwd.py)        stages 1–4 fused, sequential over chunks, state in registers
+  forward   `chunk_fwd` (fwd.py)        stages 1–4 fused, sequential over chunks, state in registers
             or, for long sequences with few batch·heads, `chunk_state_pass` + `chunk_output`
             (sequence-parallel: h of every chunk → HBM, then every chunk's output in parallel);
             `chunk_intra_fixup` adds the two-level intra part for the rare chunks that need it
-  backward  `chunk_state_pass` (triton_fwd.py)  stage 2 again: h entering each chunk → HBM
+  backward  `chunk_state_pass` (fwd.py)  stage 2 again: h entering each chunk → HBM
             `chunk_state_grad_pass`            stage 5: dh leaving each chunk → HBM, and d initial_state
-            `chunk_grads` (triton_bwd.py)      stages 6–7: dq, dk, dv, dg, one program per chunk
+            `chunk_grads` (bwd.py)      stages 6–7: dq, dk, dv, dg, one program per chunk
   From 64 chunks on, both state passes (and the sequence-parallel forward's) are two-phase scans
-  (triton_scan.py): per-chunk summaries in parallel, then an elementwise chain over the chunks.
+  (scan.py): per-chunk summaries in parallel, then an elementwise chain over the chunks.
 
-Every chunk (64 tokens) takes one of two exact decompositions (triton_common.py): "dense" (the whole
+Every chunk (64 tokens) takes one of two exact decompositions (common.py): "dense" (the whole
 chunk as one block, tensor-core matmuls only) while the chunk's decay span is below 40 nats, which holds
 for the usual gates (logsigmoid(x)/16 spans ~3); otherwise "two-level" (16-token sub-chunks, reference-row
 matmuls off the diagonal, float32 log space on diagonal blocks whose own span is large). Strong decay
@@ -50,10 +50,10 @@ import jax.numpy as jnp
 
 from pallas_kernels.common.checks import CallInfo, check_gla_inputs, default_scale
 from pallas_kernels.common.segments import doc_index
-from pallas_kernels.gla import ops
-from pallas_kernels.gla.triton_bwd import chunk_grads, chunk_state_grad_pass
-from pallas_kernels.gla.triton_common import C, F32, PATHS, BlockSizes, KernelOptions, padded_dim
-from pallas_kernels.gla.triton_fwd import chunk_fwd, chunk_state_pass
+from pallas_kernels.common.dispatch import Implementation
+from pallas_kernels.gla.triton.bwd import chunk_grads, chunk_state_grad_pass
+from pallas_kernels.gla.triton.common import C, F32, PATHS, BlockSizes, KernelOptions, padded_dim
+from pallas_kernels.gla.triton.fwd import chunk_fwd, chunk_state_pass
 
 MAX_DIM = 512
 
@@ -129,8 +129,21 @@ def chunk_gla_triton(q, k, v, g, *, scale=None, initial_state=None, output_final
     >>> g = jnp.full((B, T, H, K), -0.1)
     >>> o, ht = chunk_gla_triton(q, k, v, g, output_final_state=True, interpret=True)
   """
-  opts, (qp, kp, vp, gp, h0, doc) = prepare(q, k, v, g, scale=scale, initial_state=initial_state,
-                                            segment_ids=segment_ids, chunk_size=chunk_size,
+  info = check_gla_inputs(q, k, v, g, scale=scale, initial_state=initial_state,
+                          segment_ids=segment_ids, chunk_size=chunk_size)
+  return _chunk_gla_triton(info, q, k, v, g, scale=scale, initial_state=initial_state,
+                           output_final_state=output_final_state, segment_ids=segment_ids,
+                           interpret=interpret, path=path, block_sizes=block_sizes,
+                           state_dtype=state_dtype)
+
+
+def _chunk_gla_triton(info: CallInfo, q, k, v, g, *, scale=None, initial_state=None,
+                      output_final_state=False, segment_ids=None, chunk_size=64,
+                      interpret: bool = False, path: str = "auto",
+                      block_sizes: BlockSizes | None = None, state_dtype: str | None = None):
+  del chunk_size
+  opts, (qp, kp, vp, gp, h0, doc) = prepare(q, k, v, g, info=info, scale=scale,
+                                            initial_state=initial_state, segment_ids=segment_ids,
                                             interpret=interpret, path=path, block_sizes=block_sizes,
                                             state_dtype=state_dtype)
   o, ht = _chunk_gla(opts, qp, kp, vp, gp, h0, doc)
@@ -139,11 +152,14 @@ def chunk_gla_triton(q, k, v, g, *, scale=None, initial_state=None, output_final
   return o, (ht[:, :, :K, :V] if output_final_state else None)
 
 
-def prepare(q, k, v, g, *, scale=None, initial_state=None, segment_ids=None, chunk_size=64,
-            interpret=False, path="auto", block_sizes=None, state_dtype=None):
-  """Checks a call and returns (KernelOptions, the kernels' padded operands (q, k, v, g, h0, doc))."""
-  info = check_gla_inputs(q, k, v, g, scale=scale, initial_state=initial_state,
-                          segment_ids=segment_ids, chunk_size=chunk_size)
+def prepare(q, k, v, g, *, info: CallInfo | None = None, scale=None, initial_state=None,
+            segment_ids=None, chunk_size=64, interpret=False, path="auto", block_sizes=None,
+            state_dtype=None):
+  """Checks a call (unless `info` is given) and returns (KernelOptions, the kernels' padded operands
+  (q, k, v, g, h0, doc))."""
+  if info is None:
+    info = check_gla_inputs(q, k, v, g, scale=scale, initial_state=initial_state,
+                            segment_ids=segment_ids, chunk_size=chunk_size)
   reason = check_call(info)
   if reason is not None:
     raise ValueError(reason)
@@ -176,5 +192,5 @@ def check_call(info: CallInfo) -> str | None:
   return None
 
 
-ops.register(ops.Implementation("triton", chunk_gla_triton, platforms=frozenset({"gpu"}),
-                                check=check_call))
+IMPLEMENTATION = Implementation("triton", _chunk_gla_triton, platforms=frozenset({"gpu"}),
+                                check=check_call)
