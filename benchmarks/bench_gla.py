@@ -1,4 +1,4 @@
-"""GLA op benchmark: our Pallas Triton kernels vs the chunked XLA op vs fla vs jla (BENCHMARKS.md).
+"""GLA op benchmark: our Pallas Triton kernels vs the chunked XLA op vs fla vs jla (benchmarks/RESULTS.md).
 
     python benchmarks/bench_gla.py jax    --out DIR [--shapes s1,s2] [--variants]   # ours, xla, jla
     python benchmarks/bench_gla.py fla    --out DIR [--shapes s1,s2]                # torch process
@@ -37,7 +37,7 @@ SHAPES = {  # B, T, H, K, V
     "t32k": (1, 32768, 16, 128, 128),  # B·T = 32K: B cannot go below 1
     "tiny": (1, 128, 2, 32, 32),  # smoke test of this script (with --interpret on CPU)
 }
-BANDWIDTH = 3.0e12  # measured H100 copy bandwidth, bytes/s (BENCHMARKS.md)
+BANDWIDTH = 3.0e12  # measured H100 copy bandwidth, bytes/s
 GRADS = ("o", "dq", "dk", "dv", "dg")
 
 

@@ -11,7 +11,7 @@ tried in order until one fits in memory.
 FLOPs per token (fwd + bwd):
 * 6 · N_matmul, N_matmul = every ≥2-D param except an untied input embedding (a lookup, not a matmul);
   a tied embedding counts once, as the lm_head;
-* GLA: 3.5 · 2 · H · (C·K_h + C·V_h + 2·K_h·V_h) per layer (BENCHMARKS.md's count for the chunked op,
+* GLA: 3.5 · 2 · H · (C·K_h + C·V_h + 2·K_h·V_h) per layer (the chunked op's count (benchmarks/RESULTS.md),
   C = chunk 64); Transformer: 12 · L · D · T (PaLM's attention term, no causal discount).
 MFU = FLOPs/token · tokens/s ÷ peak; the peak is the datasheet's dense bf16 (H100 SXM 989 TFLOP/s, H200
 the same chip) and, beside it, the rate of a large bf16 matmul measured in the same run.

@@ -5,7 +5,7 @@
     model = build_model(presets.gla_tiny(), rngs=nnx.Rngs(0))
     logits = model(input_ids)                        # [B, T, vocab] float32
 
-Layers (`gla_jax.layers`) mirror fla 0.6.0's modules number for number (DESIGN.md §3); models
+Layers (`gla_jax.layers`) mirror fla 0.6.0's modules number for number (docs/models.md); models
 (`gla_jax.models`) are the GLA LM and the Transformer++ baseline; `gla_jax.generate` samples under
 `jax.jit`; `gla_jax.convert` reads and writes fla checkpoints.
 """

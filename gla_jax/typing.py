@@ -1,6 +1,6 @@
 """Shape aliases used in signatures and docstrings.
 
-Letters (STYLE.md): B batch, T time, H heads, K key dim per head, V value dim per head, D model width,
+Letters (docs/models.md): B batch, T time, H heads, K key dim per head, V value dim per head, D model width,
 F MLP width, W conv width, S cache length. These are plain aliases of `jax.Array` that name the
 expected layout; shapes are checked where it matters, not by the type.
 """

@@ -5,7 +5,7 @@ config.json and *.safetensors; nothing is downloaded).
     model = load_fla_checkpoint(path, dtype="bfloat16", param_dtype="bfloat16")
     save_fla_checkpoint(model, "out/dir")                                # loadable by fla / transformers
 
-Names (DESIGN.md §3): `model.embeddings.weight`, `model.layers.{i}.attn_norm.weight`,
+Names (docs/models.md): `model.embeddings.weight`, `model.layers.{i}.attn_norm.weight`,
 `…attn.{q,k,v,g,o}_proj.weight`, `…attn.gk_proj.0.weight`, `…attn.gk_proj.1.{weight,bias}`,
 `…attn.g_norm_swish_gate.weight`, `…mlp_norm.weight`, `…mlp.{gate,up,down}_proj.weight`,
 `model.norm.weight`, `lm_head.weight` (absent when tied). torch `nn.Linear.weight` is [out, in]: our

@@ -1,4 +1,4 @@
-"""The GLA language model: fla 0.6.0's `GLAForCausalLM` (DESIGN.md §3)."""
+"""The GLA language model: fla 0.6.0's `GLAForCausalLM` (docs/models.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gated Linear Attention ops (fla's `chunk_gla` / `fused_recurrent_gla` contract, DESIGN.md §2).
+"""Gated Linear Attention ops (fla's `chunk_gla` / `fused_recurrent_gla` contract, docs/ops.md).
 
     o, final_state = chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False,
                                segment_ids=None, chunk_size=64, impl="auto")

@@ -1,6 +1,6 @@
 """Reference forms of the GLA op: the specification and two independent re-derivations of it.
 
-All three compute, in float32 (DESIGN.md §2),
+All three compute, in float32 (docs/ops.md),
 
     S_t = diag(exp g_t) · S_{t-1} + k_tᵀ v_t        (inclusive: update, then read)
     o_t = scale · q_t · S_t

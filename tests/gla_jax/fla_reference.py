@@ -1,5 +1,5 @@
 """An independent plain-jnp statement of fla 0.6.0's GLAForCausalLM and TransformerForCausalLM forward,
-written from fla's source and DESIGN.md §3, reading a state dict in fla's names and torch layouts.
+written from fla's source and docs/models.md, reading a state dict in fla's names and torch layouts.
 
 It shares no code with gla_jax's modules: the tests build our model, export its weights with fla names
 (`fla_state_dict`), run both, and compare logits and gradients. The GLA recurrence is the lax.scan

@@ -24,7 +24,7 @@ def _count(config) -> int:
 
 
 @pytest.mark.parametrize("preset, expected", [
-    # fla: 341.7M (tied) and 1.3655B (untied); per layer 4·D·K·… see DESIGN.md §3
+    # fla: 341.7M (tied) and 1.3655B (untied); per layer 4·D·K·… see docs/models.md
     (presets.gla_340m, 341_707_776),
     (presets.gla_1p3b, 1_365_514_240),
     (presets.transformer_340m, 341_099_520),

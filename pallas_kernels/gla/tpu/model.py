@@ -173,14 +173,14 @@ STATIC_BUNDLES: dict[tuple[str, int, int, int, int], dict[str, int]] = {
     ('v5e', 128, 256, 128, 1): {"gla_chunk_fwd": 1051, "gla_chunk_state_pass": 310, "gla_chunk_bwd": 2582},
 }
 
-SHAPES = {  # DESIGN.md §3 / BENCHMARKS.md layer shapes: B, T, H, K, V
+SHAPES = {  # layer shapes of docs/models.md (340M, 1.3B) and the benchmark shapes: B, T, H, K, V
     "340M": (8, 2048, 4, 128, 256),
     "1.3B": (8, 2048, 4, 256, 512),
 }
 
 
 def layer_estimate(chip: str, shape: str, C: int, hb: int) -> dict[str, float] | None:
-  """Forward + backward time of one GLA layer at a BENCHMARKS.md shape, in ms: the HBM floor, the MXU
+  """Forward + backward time of one GLA layer at a benchmark shape (benchmarks/RESULTS.md), in ms: the HBM floor, the MXU
   floor and the static-schedule estimate (bundles / clock, all chunk-heads, parallel over the chip's
   TensorCores), from `STATIC_BUNDLES` (None if that configuration was not compiled)."""
   B, T, H, K, V = SHAPES[shape]
