@@ -1,8 +1,9 @@
 """Chunkwise two-level GLA in plain jnp: the readable algorithm, the XLA fallback on every backend, and the
-stage structure the Pallas kernels mirror (GLA paper §4, DESIGN.md §2).
+stage structure the Pallas kernels mirror (GLA paper §4, docs/ops.md).
 
 Layout inside: [B, H, N, C, *] with N = T / C chunks of C (64) tokens, each split into C / S sub-chunks
-of S = 16. Stage names, shared with the kernels:
+of S = 16. Stage names, shared with the kernels (1, 2, 4 and 5 are gate-shape-agnostic and live in
+`pallas_kernels/common/chunk_stages.py`, shared with simple GLA):
 
   forward   1 `chunk_local_cumsum`   G = inclusive cumsum of g inside each chunk (float32)
             2 `chunk_state_pass`     h entering every chunk (float32), and the final state
@@ -27,12 +28,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels import compat
 from pallas_kernels.common.checks import check_gla_inputs, default_scale
-from pallas_kernels.common.chunking import (DocMasks, chunked_doc_index, doc_masks, from_chunks,
-                                             to_chunks)
+from pallas_kernels.common.chunk_stages import (ChunkGates, chunk_local_cumsum, chunk_output,
+                                                chunk_state_grad_pass, chunk_state_pass, dot, masked,
+                                                suffix_sum)
+from pallas_kernels.common.chunking import DocMasks, chunked_doc_index, doc_masks, from_chunks, to_chunks
 
 SUB_CHUNK = 16
+_GATE_FLOOR = -1e30  # a stand-in for −inf where a gate sum meets a 0 in a matmul
 _f32 = jnp.float32
 
 
@@ -47,78 +50,8 @@ class ChunkOptions:
 
 
 # ------------------------------------------------------------------------------------------------
-# helpers
+# forward stages (1 `chunk_local_cumsum`, 2 `chunk_state_pass` and 4 `chunk_output` are shared)
 # ------------------------------------------------------------------------------------------------
-
-
-def _dot(spec: str, a, b, opts: ChunkOptions):
-  """Tensor-core style product: operands in the input dtype, float32 accumulation."""
-  cdt = jnp.dtype(opts.compute_dtype)
-  a, b = a.astype(cdt), b.astype(cdt)
-  if cdt != _f32 and compat.backend_platform() == "cpu":
-    # XLA:CPU has no bf16×bf16→f32 dot for every shape; products of bf16 numbers are exact in
-    # float32, so upcasting the rounded operands computes the same thing
-    a, b = a.astype(_f32), b.astype(_f32)
-  precision = jax.lax.Precision.HIGHEST if a.dtype == _f32 else jax.lax.Precision.DEFAULT
-  return jnp.einsum(spec, a, b, preferred_element_type=_f32, precision=precision)
-
-
-def _suffix_sum(x):
-  """Exclusive suffix sum along axis −2: out_t = Σ_{r > t} x_r."""
-  rev = jnp.flip(jnp.cumsum(jnp.flip(x[..., 1:, :], -2), axis=-2), -2)
-  return jnp.concatenate([rev, jnp.zeros_like(x[..., :1, :])], axis=-2)
-
-
-def _where(mask, x):
-  return x if mask is None else jnp.where(mask, x, 0.0)
-
-
-# ------------------------------------------------------------------------------------------------
-# forward stages
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ChunkGates:
-  """Stage 1's log-space decays of each chunk, float32, all [B, H, N, C, K] unless noted.
-
-  Every exponent the stages need is a *direct* sum of gates, never a difference of two cumsums: G_t − G_s
-  computed from cumsums of magnitude |G| loses ε·|G| (≈ 1e-4 at g ≈ −20 over a chunk), which would
-  swamp dg at strong decay. (The kernels may take differences: they work at bf16 precision.)
-  """
-
-  g: jax.Array  # the gates themselves
-  G: jax.Array  # Σ_{r ≤ t} g_r  (inclusive prefix: row t back to the chunk start)
-  R: jax.Array  # Σ_{r > t} g_r  (exclusive suffix: row t to the chunk end) = Γ − G
-  Gamma: jax.Array  # [B, H, N, 1, K] Σ_r g_r over the chunk
-
-
-def chunk_local_cumsum(g) -> ChunkGates:
-  """Stage 1. g: [B, H, N, C, K] → the chunk's prefix and suffix sums (float32)."""
-  g = g.astype(_f32)
-  G = jnp.cumsum(g, axis=-2)
-  return ChunkGates(g=g, G=G, R=_suffix_sum(g), Gamma=G[..., -1:, :])
-
-
-def chunk_state_pass(k, v, gates: ChunkGates, h0, masks: DocMasks, opts: ChunkOptions):
-  """Stage 2: the inter-chunk recurrence h_{n+1} = diag(e^{Γ_n}) h_n + (k ⊙ e^{Γ_n − G})ᵀ v.
-
-  k: [B, H, N, C, K]; v: [B, H, N, C, V]; h0: [B, H, K, V] float32.
-  Returns (h [B, H, N, K, V] entering each chunk, h_final [B, H, K, V]), float32.
-  All exponents are ≤ 0. The chunk summaries are computed for all chunks at once; only the cheap
-  K×V update is sequential.
-  """
-  k_decayed = _where(masks.row_out, k.astype(_f32) * jnp.exp(gates.R))
-  update = _dot("bhnck,bhncv->bhnkv", k_decayed, v, opts)  # [B, H, N, K, V]
-  decay = _where(masks.carry, jnp.exp(gates.Gamma))[..., 0, :, None]  # [B, H, N, K, 1]
-
-  def step(h, xs):
-    decay_n, update_n = xs
-    return decay_n * h + update_n, h
-
-  move = lambda x: jnp.moveaxis(x, 2, 0)
-  h_final, h = jax.lax.scan(step, h0, (move(decay), move(update)))
-  return jnp.moveaxis(h, 0, 2), h_final
 
 
 def _intra_factors(g, S: int, strict: bool = False):
@@ -139,8 +72,10 @@ def _intra_factors(g, S: int, strict: bool = False):
   row = jnp.arange(S)
   # Σ_{n_i < r ≤ t} g_r and Σ_{s < r ≤ m_j} g_r
   q_fac = jnp.exp(jnp.cumsum(jnp.where(row[:, None] > 0, gs, 0.0), axis=-2))
-  k_fac = jnp.exp(_suffix_sum(gs))
-  total = jnp.sum(gs, axis=-2)  # [..., ns, K]
+  k_fac = jnp.exp(suffix_sum(gs))
+  # floored so that a −inf gate (legal: exp = 0) never meets a 0 of `between` below (0·(−inf) = NaN);
+  # e^{−1e30} is 0 like e^{−inf}, and every finite gate sum above −1e30 is unchanged
+  total = jnp.maximum(jnp.sum(gs, axis=-2), _GATE_FLOOR)  # [..., ns, K]
   sub = jnp.arange(ns)
   between = (sub[None, :, None] < sub[None, None, :]) & (sub[None, None, :] < sub[:, None, None])
   # mid[i, j] = Σ_{m_j < r ≤ n_i} g_r = g_{n_i} + Σ_{j < l < i} total_l, for i > j
@@ -185,41 +120,15 @@ def chunk_intra_attention(q_scaled, k, gates: ChunkGates, masks: DocMasks, opts:
   ks = k.astype(_f32).reshape(*lead, ns, S, K)
   # off-diagonal sub-blocks: matmuls of factors ≤ 1
   q_mid = (qs * q_fac)[..., :, None, :, :] * mid[..., :, :, None, :]  # [..., i, j, S, K]
-  off = _dot("...ijtk,...jsk->...ijts", q_mid, ks * k_fac, opts)
+  off = dot("...ijtk,...jsk->...ijts", q_mid, ks * k_fac, opts)
   # diagonal sub-blocks: exact log-space decays, float32
   diag_block = jnp.einsum("...itk,...isk,...itsk->...its", qs, ks, diag, precision="highest")
-  return _where(masks.same_doc, _blocks_to_matrix(off, diag_block, ns, S))
-
-
-def chunk_output(q_scaled, v, gates: ChunkGates, h, A, masks: DocMasks, opts: ChunkOptions):
-  """Stage 4: o = (q ⊙ e^G) h + A v. Returns [B, H, N, C, V] float32."""
-  q_decayed = _where(masks.row_in, q_scaled.astype(_f32) * jnp.exp(gates.G))
-  o_inter = _dot("bhnck,bhnkv->bhncv", q_decayed, h, opts)
-  o_intra = _dot("bhncs,bhnsv->bhncv", A, v, opts)
-  return o_inter + o_intra
+  return masked(masks.same_doc, _blocks_to_matrix(off, diag_block, ns, S))
 
 
 # ------------------------------------------------------------------------------------------------
-# backward stages
+# backward stages (5 `chunk_state_grad_pass` is shared)
 # ------------------------------------------------------------------------------------------------
-
-
-def chunk_state_grad_pass(q_scaled, do, gates: ChunkGates, dht, masks: DocMasks, opts: ChunkOptions):
-  """Stage 5: dh_{n} = diag(e^{Γ_n}) dh_{n+1} + (q ⊙ e^G)ᵀ do, in reverse over chunks.
-
-  Returns (dh [B, H, N, K, V]: gradient w.r.t. the state *leaving* each chunk, dh0 [B, H, K, V]).
-  """
-  q_decayed = _where(masks.row_in, q_scaled.astype(_f32) * jnp.exp(gates.G))
-  read = _dot("bhnck,bhncv->bhnkv", q_decayed, do, opts)  # [B, H, N, K, V]
-  decay = _where(masks.carry, jnp.exp(gates.Gamma))[..., 0, :, None]
-
-  def step(dh, xs):  # dh: gradient w.r.t. the state leaving chunk n
-    decay_n, read_n = xs
-    return decay_n * dh + read_n, dh
-
-  move = lambda x: jnp.moveaxis(x, 2, 0)
-  dh0, dh = jax.lax.scan(step, dht, (move(decay), move(read)), reverse=True)
-  return jnp.moveaxis(dh, 0, 2), dh0
 
 
 def chunk_grads(q_scaled, k, v, gates: ChunkGates, h, dh, do, masks: DocMasks, opts: ChunkOptions):
@@ -239,19 +148,19 @@ def chunk_grads(q_scaled, k, v, gates: ChunkGates, h, dh, do, masks: DocMasks, o
   # recompute A (stage 3) and take dA = do vᵀ on the causal, same-document positions
   A = chunk_intra_attention(q_scaled, k, gates, masks, opts)
   causal = jnp.tril(jnp.ones((C, C), bool))
-  dA = _where(masks.same_doc, jnp.where(causal, _dot("bhncv,bhnsv->bhncs", do, v, opts), 0.0))
-  decay_out = _where(masks.row_out, jnp.exp(gates.R))  # e^{Γ−G}: [B, H, N, C, K]
-  dv = _dot("bhnts,bhntv->bhnsv", A, do, opts) + _dot("bhnck,bhnkv->bhncv", k32 * decay_out, dh, opts)
-  dq = _dot("bhncv,bhnkv->bhnck", do, h, opts) * _where(masks.row_in, jnp.exp(gates.G))
-  dk_inter = _dot("bhncv,bhnkv->bhnck", v, dh, opts) * decay_out
+  dA = masked(masks.same_doc, jnp.where(causal, dot("bhncv,bhnsv->bhncs", do, v, opts), 0.0))
+  decay_out = masked(masks.row_out, jnp.exp(gates.R))  # e^{Γ−G}: [B, H, N, C, K]
+  dv = dot("bhnts,bhntv->bhnsv", A, do, opts) + dot("bhnck,bhnkv->bhncv", k32 * decay_out, dh, opts)
+  dq = dot("bhncv,bhnkv->bhnck", do, h, opts) * masked(masks.row_in, jnp.exp(gates.G))
+  dk_inter = dot("bhncv,bhnkv->bhnck", v, dh, opts) * decay_out
   # intra-chunk, two-level; the s = t terms (decay e^0) are added separately, see the docstring
   q_fac, k_fac, mid, diag = _intra_factors(gates.g, S, strict=True)
   qs, ks = q32.reshape(*lead, ns, S, K), k32.reshape(*lead, ns, S, K)
   dA_blocks = _matrix_to_blocks(dA, ns, S)  # [..., i, j, S, S]
   dq_off = jnp.einsum("...ijtk,...ijk->...itk",
-                      _dot("...ijts,...jsk->...ijtk", dA_blocks, ks * k_fac, opts), mid) * q_fac
+                      dot("...ijts,...jsk->...ijtk", dA_blocks, ks * k_fac, opts), mid) * q_fac
   dk_off = jnp.einsum("...ijsk,...ijk->...jsk",
-                      _dot("...ijts,...itk->...ijsk", dA_blocks, qs * q_fac, opts), mid) * k_fac
+                      dot("...ijts,...itk->...ijsk", dA_blocks, qs * q_fac, opts), mid) * k_fac
   dA_diag = jnp.diagonal(dA_blocks, axis1=-4, axis2=-3)  # [..., S, S, ns]
   dA_diag = jnp.moveaxis(dA_diag, -1, -3)  # [..., ns, S, S]
   dq_diag = jnp.einsum("...its,...isk,...itsk->...itk", dA_diag, ks, diag, precision="highest")
@@ -274,7 +183,7 @@ def chunk_gate_grad(k, gates: ChunkGates, h, dh, dG, dk_inter, masks: DocMasks):
     exclusive forward cumsum;
   * the carried state: e^Γ ⊙ Σ_v (h ⊙ dh) depends on every g_r of the chunk.
   """
-  decay = _where(masks.carry, jnp.exp(gates.Gamma))[..., 0, :]  # [B, H, N, K]
+  decay = masked(masks.carry, jnp.exp(gates.Gamma))[..., 0, :]  # [B, H, N, K]
   through_state = (decay * jnp.sum(h * dh, axis=-1))[..., None, :]  # [B, H, N, 1, K]
   k_term = k.astype(_f32) * dk_inter
   shifted = jnp.concatenate([jnp.zeros_like(k_term[..., :1, :]), k_term[..., :-1, :]], axis=-2)
