@@ -21,10 +21,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels import compat
+from pallas_kernels.common.triton import state as shared_state
 from pallas_kernels.gla.triton import common as tc
-from pallas_kernels.gla.triton import scan as triton_scan
 from pallas_kernels.gla.triton.common import C, F32, KernelOptions, load, mm, mm_sum, rows
-from pallas_kernels.gla.triton.fwd import doc_block, seq_block, state_tiles
 
 pl = tc.pl
 
@@ -34,53 +33,11 @@ pl = tc.pl
 # ------------------------------------------------------------------------------------------------
 
 
-def chunk_state_grad_pass_kernel(*refs, opts: KernelOptions):
-  q_ref, do_ref, g_ref, dht_ref, *rest = refs
-  doc_ref = rest.pop(0) if opts.has_seg else None
-  dhs_ref, dh0_ref = rest
-  BK, BV = opts.blocks.state_bk, opts.blocks.state_bv
-
-  def body(j, dh):  # dh: gradient w.r.t. the state leaving chunk n
-    n = opts.N - 1 - j
-    t0 = n * C
-    dhs_ref[n] = dh.astype(dhs_ref.dtype)
-    docs = tc.chunk_docs(doc_ref, t0, C, opts.has_seg)
-    q = load(q_ref, t0, C, 0, BK) * opts.scale
-    do = load(do_ref, t0, C, 0, BV)
-    g = load(g_ref, t0, C, 0, BK)
-    G = jnp.cumsum(g, axis=0)
-    qd = rows(tc.row_in(docs, 0), q * jnp.exp(G))
-    return tc.carry_mask(docs, jnp.exp(tc.last_row(G).reshape(BK))[:, None] * dh) + mm(qd, do, opts, ta=True)
-
-  dh = lax.fori_loop(0, opts.N, body, load(dht_ref, 0, BK, 0, BV))
-  dh0_ref[...] = dh
-
-
 def chunk_state_grad_pass(q, do, g, dht, doc, opts: KernelOptions):
   """→ (dhs [B·H, N, K, V]: gradient w.r.t. the state leaving each chunk, dh0 [B, H, K, V] f32).
-  Sequential fused kernel, or with `blocks.state_scan` the two-phase version of scan.py."""
-  if opts.blocks.state_scan:
-    return triton_scan.chunk_state_grad_pass(q, do, g, dht, doc, opts)
-  B, T, H, K, V, N = opts.B, opts.T, opts.H, opts.K, opts.V, opts.N
-  BK, BV = opts.blocks.state_bk, opts.blocks.state_bv
-  kt, vt = state_tiles(opts, BK, BV)
-  state = pl.BlockSpec((None, None, BK, BV), lambda i, bh: (bh // H, bh % H, kt(i, bh), vt(i, bh)))
-  in_specs = [seq_block(T, BK, H, kt), seq_block(T, BV, H, vt), seq_block(T, BK, H, kt), state]
-  args = [q, do, g, dht]
-  if opts.has_seg:
-    in_specs.append(doc_block(T, H))
-    args.append(doc)
-  return pl.pallas_call(
-      functools.partial(chunk_state_grad_pass_kernel, opts=opts),
-      grid=((K // BK) * (V // BV), B * H),
-      in_specs=in_specs,
-      out_specs=[pl.BlockSpec((None, N, BK, BV), lambda i, bh: (bh, 0, kt(i, bh), vt(i, bh))), state],
-      out_shape=[compat.pallas_out_struct((B * H, N, K, V), jnp.dtype(opts.state_dtype), q),
-                 compat.pallas_out_struct((B, H, K, V), F32, q)],
-      compiler_params=opts.compiler_params(opts.blocks.state_warps),
-      interpret=opts.interpret,
-      name="gla_chunk_state_grad_pass",
-  )(*args)
+  The shared kernel of pallas_kernels/common/triton/state.py with the per-key gate (sequential, or
+  with `blocks.state_scan` the two-phase scan)."""
+  return shared_state.chunk_state_grad_pass(q, do, g, dht, doc, opts)
 
 
 # ------------------------------------------------------------------------------------------------

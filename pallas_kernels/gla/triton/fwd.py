@@ -23,8 +23,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels import compat
+from pallas_kernels.common.triton import state as shared_state
+from pallas_kernels.common.triton.tiles import doc_block, seq_block, state_tiles  # noqa: F401
 from pallas_kernels.gla.triton import common as tc
-from pallas_kernels.gla.triton import scan as triton_scan
 from pallas_kernels.gla.triton.common import C, F32, KernelOptions, load, mm, rows
 
 pl = tc.pl
@@ -96,17 +97,6 @@ def chunk_fwd_kernel(*refs, opts: KernelOptions):
   h = lax.fori_loop(0, opts.N, body, h)
   for kt in range(nk):
     ht_ref[pl.ds(kt * BK, BK), :] = h[kt]
-
-
-def seq_block(T: int, D: int, H: int, tile_of):
-  """BlockSpec of the whole sequence of one (b, h) with a D tile chosen by `tile_of(grid ids)`;
-  the grid's last axis is b·H + h."""
-  return pl.BlockSpec((None, T, None, D),
-                      lambda *ids: (ids[-1] // H, 0, ids[-1] % H, tile_of(*ids)))
-
-
-def doc_block(T: int, H: int):
-  return pl.BlockSpec((None, T), lambda *ids: (ids[-1] // H, 0))
 
 
 def chunk_fwd(q, k, v, g, h0, doc, opts: KernelOptions):
@@ -293,73 +283,13 @@ def chunk_intra_fixup(q, k, v, g, doc, flags, o, opts: KernelOptions):
 
 
 # ------------------------------------------------------------------------------------------------
-# chunk_state_pass: stage 2 for the backward (h entering every chunk)
+# chunk_state_pass: stage 2 for the backward (h entering every chunk), shared with the other ops
 # ------------------------------------------------------------------------------------------------
-
-
-def chunk_state_pass_kernel(*refs, opts: KernelOptions):
-  k_ref, v_ref, g_ref, *rest = refs
-  h0_ref = rest.pop(0) if opts.has_h0 else None
-  doc_ref = rest.pop(0) if opts.has_seg else None
-  hs_ref, *ht_ref = rest
-  BK, BV = opts.blocks.state_bk, opts.blocks.state_bv
-  h = load(h0_ref, 0, BK, 0, BV) if h0_ref is not None else jnp.zeros((BK, BV), F32)
-
-  def body(n, h):
-    t0 = n * C
-    hs_ref[n] = h.astype(hs_ref.dtype)
-    docs = tc.chunk_docs(doc_ref, t0, C, opts.has_seg)
-    k = load(k_ref, t0, C, 0, BK)
-    v = load(v_ref, t0, C, 0, BV)
-    g = load(g_ref, t0, C, 0, BK)
-    G = jnp.cumsum(g, axis=0)
-    gam = tc.last_row(G)  # [1, BK]
-    kd = rows(tc.row_out(docs, 0), k * jnp.exp(gam - G))
-    return tc.carry_mask(docs, jnp.exp(gam.reshape(BK))[:, None] * h) + mm(kd, v, opts, ta=True)
-
-  h = lax.fori_loop(0, opts.N, body, h)
-  if ht_ref:
-    ht_ref[0][...] = h
-
-
-def state_tiles(opts: KernelOptions, bk: int, bv: int):
-  """grid axis 0 = kt · (V / bv) + vt."""
-  nv = opts.V // bv
-  return (lambda i, bh: i // nv), (lambda i, bh: i % nv)
 
 
 def chunk_state_pass(k, v, g, h0, doc, opts: KernelOptions, final_state: bool = False):
   """→ hs [B·H, N, K, V] (opts.state_dtype): the state entering each chunk (and, if `final_state`,
-  the state after the last chunk [B, H, K, V] f32). Sequential fused kernel, or with
-  `blocks.state_scan` the two-phase version of scan.py."""
-  if opts.blocks.state_scan:
-    return triton_scan.chunk_state_pass(k, v, g, h0, doc, opts, final_state)
-  B, T, H, K, V, N = opts.B, opts.T, opts.H, opts.K, opts.V, opts.N
-  BK, BV = opts.blocks.state_bk, opts.blocks.state_bv
-  kt, vt = state_tiles(opts, BK, BV)
-  in_specs = [seq_block(T, BK, H, kt), seq_block(T, BV, H, vt), seq_block(T, BK, H, kt)]
-  args = [k, v, g]
-  if opts.has_h0:
-    in_specs.append(pl.BlockSpec((None, None, BK, BV),
-                                 lambda i, bh: (bh // H, bh % H, kt(i, bh), vt(i, bh))))
-    args.append(h0)
-  if opts.has_seg:
-    in_specs.append(doc_block(T, H))
-    args.append(doc)
-  out_specs = [pl.BlockSpec((None, N, BK, BV), lambda i, bh: (bh, 0, kt(i, bh), vt(i, bh)))]
-  out_shape = [compat.pallas_out_struct((B * H, N, K, V), jnp.dtype(opts.state_dtype), k)]
-  if final_state:
-    out_specs.append(pl.BlockSpec((None, None, BK, BV),
-                                  lambda i, bh: (bh // H, bh % H, kt(i, bh), vt(i, bh))))
-    out_shape.append(compat.pallas_out_struct((B, H, K, V), F32, k))
-  out = pl.pallas_call(
-      functools.partial(chunk_state_pass_kernel, opts=opts),
-      grid=((K // BK) * (V // BV), B * H),
-      in_specs=in_specs,
-      out_specs=out_specs,
-      out_shape=out_shape,
-      compiler_params=opts.compiler_params(opts.blocks.state_warps),
-      interpret=opts.interpret,
-      name="gla_chunk_state_pass",
-  )(*args)
-  return out if final_state else out[0]
+  the state after the last chunk [B, H, K, V] f32). The shared kernel of
+  pallas_kernels/common/triton/state.py with the per-key gate (sequential, or with
+  `blocks.state_scan` the two-phase scan)."""
+  return shared_state.chunk_state_pass(k, v, g, h0, doc, opts, final_state)
