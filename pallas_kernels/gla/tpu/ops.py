@@ -29,14 +29,17 @@ import jax.numpy as jnp
 from pallas_kernels import compat
 from pallas_kernels.common.checks import CallInfo, check_gla_inputs, default_scale
 from pallas_kernels.common.dispatch import Implementation
+from pallas_kernels.common.tpu.layout import LANES
+from pallas_kernels.common.tpu.layout import doc_layout as _doc_layout
+from pallas_kernels.common.tpu.layout import pad_to as _pad_to
+from pallas_kernels.common.tpu.layout import to_kernel_layout as _to_kernel_layout
+from pallas_kernels.common.tpu.layout import unpack_refs as _unpack
 from pallas_kernels.gla.tpu import model as tpu_model
 from pallas_kernels.gla.tpu import stages as st
-from pallas_kernels.common.chunking import chunked_doc_index
 
 pl = compat.pl
 pltpu = compat.pltpu
 _f32 = jnp.float32
-LANES = 128
 MAX_DIM = 512  # K, V up to this fit the VMEM budget of tpu_model on v5e / v5p / v6e
 
 
@@ -53,10 +56,6 @@ class TpuOptions:
   has_segments: bool = False
   interpret: bool = False  # run in Pallas' TPU interpreter (CPU tests)
   detect_races: bool = True  # interpreter only
-
-
-def _pad_to(n: int, m: int) -> int:
-  return -(-n // m) * m
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,12 +105,6 @@ def _masks(doc_col_ref, doc_row_ref):
   if doc_col_ref is None:
     return st.ChunkMasks()
   return st.chunk_masks(doc_col_ref[...], doc_row_ref[...])
-
-
-def _unpack(refs, names):
-  """Names the kernel refs; names that are None in `names` are absent (optional inputs)."""
-  it = iter(refs)
-  return {n: (next(it) if present else None) for n, present in names}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,24 +274,6 @@ def _bwd_rule(opts, H, residuals, cotangents):
 
 
 _chunk_gla_tpu.defvjp(_fwd_rule, _bwd_rule)
-
-
-def _to_kernel_layout(x, Tp: int, Dp: int):
-  """[B, T, H, D] → [B, Tp, H·Dp], zero-padded (a free reshape when T = Tp and D = Dp)."""
-  B, T, H, D = x.shape
-  if (T, D) != (Tp, Dp):
-    x = jnp.pad(x, ((0, 0), (0, Tp - T), (0, 0), (0, Dp - D)))
-  return x.reshape(B, Tp, H * Dp)
-
-
-def _doc_layout(segment_ids, C: int):
-  """The chunk-relative document index (0 ⇔ the document the chunk started in), float32, as a column
-  [B, Tp, 1] and as rows [B, N, 1, C]."""
-  doc = chunked_doc_index(segment_ids, C)  # [B, N, C]
-  prev = jnp.concatenate([jnp.zeros_like(doc[:, :1, -1]), doc[:, :-1, -1]], axis=1)  # [B, N]
-  rel = (doc - prev[..., None]).astype(_f32)
-  B, N, _ = rel.shape
-  return rel.reshape(B, N * C, 1), rel.reshape(B, N, 1, C)
 
 
 def chunk_gla_tpu(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,

@@ -6,7 +6,9 @@ state is kept **transposed**, hT = hᵀ [V, K], so that the per-channel decay e^
 (broadcast over sublanes, no transpose of a vector) and every product is one of the three forms Mosaic's
 `tpu.matmul` takes (NN, NT = "A·Bᵀ", TN = "Aᵀ·B").
 
-Stage names follow `chunk.py` (DESIGN.md §2):
+Stage names follow `chunk.py` (docs/ops.md). Stages 2, 4 and 5 and the tile helpers (iota, mxu, row
+shifts and scans, document masks) are op-agnostic and live in `pallas_kernels/common/tpu/`, shared with
+the simple-GLA kernels; they are re-exported here:
 
   1 `chunk_local_cumsum`     prefix / suffix / sub-chunk sums of g (log-step scans on the VPU)
   2 `chunk_state_update`     one step of `chunk_state_pass`: hT' = e^Γ ⊙ hT + vᵀ (k ⊙ e^R)
@@ -31,97 +33,19 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.common.tpu.state import (chunk_output, chunk_state_grad_update,  # noqa: F401
+                                             chunk_state_update, decayed_keys, decayed_queries,
+                                             state_decay)
+from pallas_kernels.common.tpu.tiles import (NEG, NN, NT, TN, ChunkMasks, chunk_masks,  # noqa: F401
+                                             iota, mxu, scan_rows, shift_rows, where)
+
 _f32 = jnp.float32
-NEG = -1e30  # exp(NEG) == 0: masks an exponent without ever forming inf
-
-NN = (((1,), (0,)), ((), ()))  # A · B
-NT = (((1,), (1,)), ((), ()))  # A · Bᵀ
-TN = (((0,), (0,)), ((), ()))  # Aᵀ · B
-
-
-def iota(shape, dim):
-  return jax.lax.broadcasted_iota(jnp.int32, shape, dim)
-
-
-def mxu(a, b, dims, compute_dtype):
-  """A matmul on the MXU: operands in the compute dtype, float32 accumulation (fp32 contract precision
-  when the compute dtype is float32)."""
-  cdt = jnp.dtype(compute_dtype)
-  precision = jax.lax.Precision.HIGHEST if cdt == _f32 else None
-  return jax.lax.dot_general(a.astype(cdt), b.astype(cdt), dims, precision=precision,
-                             preferred_element_type=_f32)
-
-
-def shift_rows(x, k: int):
-  """x[t − k] along axis 0 (rows move down by k; k < 0 moves them up), zeros shifted in."""
-  if k == 0:
-    return x
-  zeros = jnp.zeros((abs(k),) + x.shape[1:], x.dtype)
-  if k > 0:
-    return jnp.concatenate([zeros, x[:x.shape[0] - k]], axis=0)
-  return jnp.concatenate([x[-k:], zeros], axis=0)
-
-
-def scan_rows(x, *, reverse: bool = False, segment: int | None = None, doc=None):
-  """Inclusive prefix sums along axis 0 (suffix sums if `reverse`), float32, in log2(C) steps.
-
-  Mosaic has no cumsum, and a 0/1-mask matmul would put a chain of MXU passes (hundreds of cycles) on
-  the critical path of every chunk; these Hillis–Steele steps are a few VPU ops each. Every partial sum is
-  a sum of consecutive rows (gates of one sign stay a sum of one sign: no cancellation).
-  `segment` (a power of two): restart every `segment` rows. `doc` [C, 1]: restart where it changes
-  (it must be monotone, so that documents are contiguous).
-  """
-  C = x.shape[0]
-  rows = iota((C, 1), 0)
-  step = 1
-  while step < (segment or C):
-    k = -step if reverse else step
-    add = shift_rows(x, k)
-    valid = None
-    if segment is not None:
-      pos = rows & (segment - 1)
-      valid = pos < segment - step if reverse else pos >= step
-    if doc is not None:
-      same = shift_rows(doc, k) == doc
-      valid = same if valid is None else valid & same
-    x = x + (add if valid is None else jnp.where(valid, add, 0.0))
-    step *= 2
-  return x
 
 
 def _pow2_shift(n: int) -> int:
   if n & (n - 1):
     raise ValueError(f"sub_chunk must be a power of two, got {n}")
   return n.bit_length() - 1
-
-
-# ------------------------------------------------------------------------------------------------
-# document masks of one chunk
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ChunkMasks:
-  """Packed-document masks of one chunk (all None without segment_ids); see chunk.DocMasks."""
-
-  row_in: jax.Array | None = None  # [C, 1] row t still in the chunk's first document
-  row_out: jax.Array | None = None  # [C, 1] row s in the chunk's last document
-  carry: jax.Array | None = None  # [1, 1] no document starts inside the chunk
-  same_doc: jax.Array | None = None  # [C, C] rows t, s in one document
-
-
-def chunk_masks(doc_col, doc_row) -> ChunkMasks:
-  """doc_col [C, 1], doc_row [1, C]: the chunk's document index minus the document of the token before
-  the chunk (float32, so 0 ⇔ still in the first document; monotone)."""
-  if doc_col is None:
-    return ChunkMasks()
-  last = jnp.max(doc_row, axis=1, keepdims=True)  # [1, 1]
-  return ChunkMasks(row_in=doc_col == 0.0, row_out=doc_col == last, carry=last == 0.0,
-                    same_doc=doc_col == doc_row)
-
-
-def where(mask, x):
-  return x if mask is None else jnp.where(mask, x, 0.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,38 +73,7 @@ def chunk_local_cumsum(g, sub_chunk: int) -> Gates:
 
 
 # ------------------------------------------------------------------------------------------------
-# stages 2 and 5: one step of the inter-chunk recurrences (transposed state)
-# ------------------------------------------------------------------------------------------------
-
-
-def decayed_keys(k, gates: Gates, masks: ChunkMasks):
-  """k ⊙ e^{Γ − G} (= e^R), zero outside the chunk's last document: [C, K] float32."""
-  return where(masks.row_out, k.astype(_f32) * jnp.exp(gates.R))
-
-
-def decayed_queries(q_scaled, gates: Gates, masks: ChunkMasks):
-  """q ⊙ e^G, zero once a new document started in the chunk: [C, K] float32."""
-  return where(masks.row_in, q_scaled * jnp.exp(gates.G))
-
-
-def state_decay(gates: Gates, masks: ChunkMasks):
-  """e^Γ [1, K], zero if a document starts inside the chunk."""
-  return where(masks.carry, jnp.exp(gates.Gamma))
-
-
-def chunk_state_update(hT, k, v, gates: Gates, masks: ChunkMasks, compute_dtype):
-  """Stage 2 step: hT [V, K] entering the chunk → hT leaving it, float32."""
-  k_dec = decayed_keys(k, gates, masks)
-  return state_decay(gates, masks) * hT + mxu(v, k_dec, TN, compute_dtype)
-
-
-def chunk_state_grad_update(dhT, q_dec, do, gates: Gates, masks: ChunkMasks, compute_dtype):
-  """Stage 5 step: dhT [V, K] w.r.t. the state leaving the chunk → w.r.t. the state entering it."""
-  return state_decay(gates, masks) * dhT + mxu(do, q_dec, TN, compute_dtype)
-
-
-# ------------------------------------------------------------------------------------------------
-# stages 3 and 4: the intra-chunk block and the output
+# stage 3: the intra-chunk block (stage 4, the output, is common.tpu.state.chunk_output)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -263,11 +156,6 @@ def chunk_intra_attention(q_scaled, k, gates: Gates, masks: ChunkMasks, sub_chun
   if len(rows) > 1:
     A = A + jnp.concatenate(rows, axis=0)
   return where(masks.same_doc, A)
-
-
-def chunk_output(q_dec, v, hT, A, compute_dtype):
-  """Stage 4: o = (q ⊙ e^G) h + A v, [C, V] float32 (q_dec from `decayed_queries`)."""
-  return mxu(q_dec, hT, NT, compute_dtype) + mxu(A, v, NN, compute_dtype)
 
 
 # ------------------------------------------------------------------------------------------------
