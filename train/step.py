@@ -91,7 +91,7 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, mesh:
 
 
 # the logical rules active while a step traces: the parameter table plus the activations' batch dimension,
-# so the GLA layer runs its op per shard (B over data × fsdp, H over tensor; gla_jax/layers/shard_op.py)
+# so the GLA layer runs its op per shard (B over data × fsdp, H over tensor; gla_jax/layers/per_shard.py)
 TRACE_RULES = mesh_lib.LOGICAL_RULES + (("batch", mesh_lib.BATCH_AXES),)
 
 

@@ -7,10 +7,14 @@ from gla_jax.layers.gla import GatedLinearAttention, GLALayerCache
 from gla_jax.layers.linear import dense, embedding
 from gla_jax.layers.mlp import GatedMLP, mlp_intermediate_size
 from gla_jax.layers.norm import GatedRMSNorm, RMSNorm
+# the function per_shard is imported from its module (gla_jax.layers.per_shard), which a package attribute
+# of the same name would shadow
+from gla_jax.layers.per_shard import LAYOUTS, OpLayout, layout_of
 from gla_jax.layers.sharding import LOGICAL_AXES, make_param, resolve, with_axes
 
 __all__ = [
     "ACTIVATION_NAMES", "Attention", "GLALayerCache", "GatedLinearAttention", "GatedMLP",
-    "GatedRMSNorm", "KVCache", "LOGICAL_AXES", "RMSNorm", "ShortConvolution", "dense", "embedding",
-    "get_activation", "make_param", "mlp_intermediate_size", "resolve", "rotary", "segment_positions", "with_axes",
+    "GatedRMSNorm", "KVCache", "LAYOUTS", "LOGICAL_AXES", "OpLayout", "RMSNorm", "ShortConvolution",
+    "dense", "embedding", "get_activation", "layout_of", "make_param", "mlp_intermediate_size",
+    "resolve", "rotary", "segment_positions", "with_axes",
 ]

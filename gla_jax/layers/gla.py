@@ -1,4 +1,4 @@
-"""Gated Linear Attention layer, equal in math to fla 0.6.0's `GatedLinearAttention` (DESIGN.md §3).
+"""Gated Linear Attention layer, equal in math to fla 0.6.0's `GatedLinearAttention` (docs/models.md).
 
     q, k, v = conv?(x W_q), conv?(x W_k), conv?(x W_v)           (short conv + SiLU if use_short_conv)
     gk      = clamp_min?( logsigmoid(x W_1 W_2 + b) / gate_logit_normalizer )     W_1: D→16, W_2: 16→K·Hkv
@@ -28,7 +28,7 @@ from gla_jax.layers.activations import get_activation
 from gla_jax.layers.conv import ShortConvolution
 from gla_jax.layers.linear import dense
 from gla_jax.layers.norm import GatedRMSNorm, RMSNorm
-from gla_jax.layers.shard_op import gla_per_shard
+from gla_jax.layers.per_shard import per_shard
 from pallas_kernels.gla import chunk_gla, fused_recurrent_gla
 
 _f32 = jnp.float32
@@ -55,7 +55,7 @@ class GatedLinearAttention(nnx.Module):
 
   `impl` is passed to `chunk_gla` ("auto" picks the platform's best). Under a mesh the op runs per
   shard (`jax.shard_map`, batch over the mesh axes of the logical name "batch", heads over those of
-  "heads"; see shard_op.py), so Pallas kernels never see, or gather, the global arrays.
+  "heads"; see per_shard.py), so Pallas kernels never see, or gather, the global arrays.
   """
 
   def __init__(self, hidden_size: int = 1024, *, expand_k: float = 0.5, expand_v: float = 1.0,
@@ -165,13 +165,13 @@ class GatedLinearAttention(nnx.Module):
       q, k = fmap(q), fmap(k)
 
     h0 = None if cache is None else cache.state
-    # per shard under a mesh (batch and heads split, see shard_op.py), a direct call otherwise
+    # per shard under a mesh (batch and heads split, see per_shard.py), a direct call otherwise
     if T == 1 and cache is not None:  # one decode step: the token-by-token recurrence
-      o, state = gla_per_shard(fused_recurrent_gla, q, k, v, gk, initial_state=h0,
-                               output_final_state=True, segment_ids=segment_ids)
+      o, state = per_shard(fused_recurrent_gla)(q, k, v, gk, initial_state=h0,
+                                                output_final_state=True, segment_ids=segment_ids)
     else:
-      o, state = gla_per_shard(chunk_gla, q, k, v, gk, initial_state=h0, output_final_state=want_cache,
-                               segment_ids=segment_ids, chunk_size=self.chunk_size, impl=self.impl)
+      o, state = per_shard(chunk_gla)(q, k, v, gk, initial_state=h0, output_final_state=want_cache,
+                                      segment_ids=segment_ids, chunk_size=self.chunk_size, impl=self.impl)
     # o: [B, T, H, V] in v's dtype
     if self.use_output_gate:
       g = self._heads(self.g_proj(x), self.head_v_dim)  # [B, T, H, V]
