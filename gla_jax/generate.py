@@ -7,14 +7,21 @@ Works with any model that has `prefill(ids, max_len=...)` and `decode_step(ids, 
 families here). The model is split into (graphdef, state) and merged inside the jitted function, so a
 second call with the same model structure and shapes does not recompile. There is no Python loop per
 token. All rows share one prompt length (no left padding).
+
+Every argument is checked before tracing (one ValueError naming it), so nothing inside the jitted loop
+can go out of range: the KV cache is sized statically (`max_len`, default T + max_new_tokens) and
+the prompt's token ids must lie in [0, vocab_size).
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import operator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 _f32 = jnp.float32
@@ -47,15 +54,51 @@ def sample_logits(logits: jax.Array, rng: jax.Array | None, *, temperature=1.0, 
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "use_top_p", "greedy",
+def _int_arg(name: str, x, lo: int, hi: int | None = None) -> int:
+  """x as an int in [lo, hi]; bools and floats are rejected (True is not a token count)."""
+  try:
+    if isinstance(x, (bool, np.bool_)):
+      raise TypeError
+    n = operator.index(x)
+  except TypeError:
+    n = None
+  if n is None or n < lo or (hi is not None and n > hi):
+    where = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+    raise ValueError(f"{name} must be an int {where}, got {x!r}")
+  return n
+
+
+def _scalar_arg(name: str, x, ok, want: str) -> float:
+  """A concrete real scalar (Python number or 0-d / size-1 array) satisfying `ok`."""
+  try:
+    if isinstance(x, (bool, np.bool_)) or np.asarray(x).dtype == bool:
+      raise TypeError
+    v = float(np.asarray(x).reshape(()))
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a real scalar {want}, got {x!r}") from None
+  if not (math.isfinite(v) and ok(v)):
+    raise ValueError(f"{name} must be {want}, got {x!r}")
+  return v
+
+
+def _check_rng(rng) -> None:
+  """A typed key (jax.random.key) of shape () or a raw uint32 [2] key (jax.random.PRNGKey)."""
+  if isinstance(rng, jax.Array) and jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) and rng.shape == ():
+    return
+  if isinstance(rng, (jax.Array, np.ndarray)) and rng.dtype == np.uint32 and rng.shape == (2,):
+    return
+  raise ValueError(f"rng must be one PRNG key, e.g. jax.random.key(0), got {rng!r}")
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "max_len", "top_k", "use_top_p", "greedy",
                                              "eos_token_id"))
-def _generate(graphdef, state, prompt_ids, rng, temperature, top_p, *, max_new_tokens, top_k, use_top_p,
-              greedy, eos_token_id):
+def _generate(graphdef, state, prompt_ids, rng, temperature, top_p, *, max_new_tokens, max_len, top_k,
+              use_top_p, greedy, eos_token_id):
   model = nnx.merge(graphdef, state)
   B, T = prompt_ids.shape
   sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k,
                              top_p=top_p if use_top_p else None, greedy=greedy)
-  logits, cache = model.prefill(prompt_ids, max_len=T + max_new_tokens)
+  logits, cache = model.prefill(prompt_ids, max_len=max_len)
   rng, sub = jax.random.split(rng)
   token = sample(logits[:, -1], sub)  # [B]
   fill = 0 if eos_token_id is None else eos_token_id
@@ -84,40 +127,57 @@ def _generate(graphdef, state, prompt_ids, rng, temperature, top_p, *, max_new_t
 
 def generate(model: nnx.Module, prompt_ids: jax.Array, *, max_new_tokens: int, rng: jax.Array | None = None,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             greedy: bool = False, eos_token_id: int | None = None) -> jax.Array:
+             greedy: bool = False, eos_token_id: int | None = None, max_len: int | None = None) -> jax.Array:
   """Continue `prompt_ids` [B, T] by `max_new_tokens` tokens → int32 [B, T + max_new_tokens].
 
   Args:
     model: a `GLAForCausalLM` / `TransformerForCausalLM` (anything with prefill/decode_step).
-    prompt_ids: int [B, T], T ≥ 1.
-    max_new_tokens: ≥ 1.
-    rng: PRNG key (required unless greedy).
-    temperature: > 0; logits are divided by it.
+    prompt_ids: int [B, T], B, T ≥ 1, ids in [0, vocab_size).
+    max_new_tokens: int ≥ 1.
+    rng: one PRNG key, jax.random.key(seed) (required unless greedy).
+    temperature: finite > 0 (a number or a 0-d array); logits are divided by it.
     top_k: keep the k most likely tokens (1 ≤ k ≤ vocab), or None.
     top_p: nucleus mass in (0, 1], or None.
     greedy: argmax decoding (ignores rng, temperature, top_k, top_p).
     eos_token_id: once a row emits it, the row emits only it; the loop stops when every row has.
+    max_len: the KV cache's length (Transformer), default T + max_new_tokens; a request that would pass
+      it (T + max_new_tokens > max_len) raises ValueError before anything runs.
   """
-  if not hasattr(prompt_ids, "ndim") or prompt_ids.ndim != 2 or prompt_ids.shape[1] < 1:
-    raise ValueError(f"prompt_ids must be an int array [B, T] with T >= 1, got {getattr(prompt_ids, 'shape', None)}")
+  if not hasattr(prompt_ids, "ndim") or prompt_ids.ndim != 2 or 0 in prompt_ids.shape:
+    raise ValueError(f"prompt_ids must be an int array [B, T] with B, T >= 1, got shape "
+                     f"{getattr(prompt_ids, 'shape', None)}")
   if not jnp.issubdtype(prompt_ids.dtype, jnp.integer):
     raise ValueError(f"prompt_ids must have an integer dtype, got {prompt_ids.dtype}")
-  if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
   vocab = model.config.vocab_size
-  if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= vocab):
-    raise ValueError(f"top_k must be None or an int in [1, {vocab}], got {top_k!r}")
-  if top_p is not None and not 0.0 < float(top_p) <= 1.0:
-    raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
+  if not isinstance(prompt_ids, jax.core.Tracer):
+    lo, hi = int(np.min(prompt_ids)), int(np.max(prompt_ids))
+    if lo < 0 or hi >= vocab:
+      raise ValueError(f"prompt_ids must be token ids in [0, vocab_size={vocab}), got values from {lo} to {hi}")
+  T = prompt_ids.shape[1]
+  max_new_tokens = _int_arg("max_new_tokens", max_new_tokens, 1)
+  max_len = T + max_new_tokens if max_len is None else _int_arg("max_len", max_len, 1)
+  if T + max_new_tokens > max_len:
+    raise ValueError(f"max_len={max_len} is too short for the prompt ({T}) + max_new_tokens "
+                     f"({max_new_tokens}) = {T + max_new_tokens} tokens")
+  if top_k is not None:
+    top_k = _int_arg("top_k", top_k, 1, vocab)
+  if top_p is not None:
+    top_p = _scalar_arg("top_p", top_p, lambda p: 0.0 < p <= 1.0, "None or in (0, 1]")
+  if eos_token_id is not None:
+    eos_token_id = _int_arg("eos_token_id", eos_token_id, 0, vocab - 1)
+  greedy = bool(greedy)
+  if rng is not None:
+    _check_rng(rng)
   if not greedy:
     if rng is None:
       raise ValueError("rng is required unless greedy=True")
-    if isinstance(temperature, (int, float)) and not temperature > 0:
-      raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature!r}")
+    if not isinstance(temperature, jax.core.Tracer):
+      temperature = _scalar_arg("temperature", temperature, lambda t: t > 0,
+                                "> 0 (use greedy=True for argmax)")
   if rng is None:
     rng = jax.random.key(0)
   graphdef, state = nnx.split(model)
   return _generate(graphdef, state, prompt_ids, rng, jnp.asarray(temperature, _f32),
                    jnp.asarray(1.0 if top_p is None else top_p, _f32), max_new_tokens=max_new_tokens,
-                   top_k=top_k, use_top_p=top_p is not None, greedy=bool(greedy),
+                   max_len=max_len, top_k=top_k, use_top_p=top_p is not None, greedy=greedy,
                    eos_token_id=eos_token_id)

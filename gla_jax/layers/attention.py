@@ -8,7 +8,9 @@
 
 Packed documents (`segment_ids`): block-diagonal causal mask, and RoPE positions restart at 0 in every
 document (fla's varlen path does the same). Decoding keeps a KV cache [B, S, Hkv, d] per layer; the
-cache's write position is the model's `offset` (the same for every row).
+cache's write position is the model's `offset` (the same for every row). Writing past the S = max_len
+positions never corrupts silently: a concrete offset raises ValueError; a traced one (under jit, where
+nothing can be raised) makes the output NaN for every row.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from gla_jax.layers.linear import dense
@@ -32,6 +35,11 @@ class KVCache:
 
   k: jax.Array  # [B, S, Hkv, d]
   v: jax.Array  # [B, S, Hkv, d]
+
+  @property
+  def max_len(self) -> int:
+    """S: the number of positions the cache holds (static, also under jit)."""
+    return self.k.shape[1]
 
 
 def segment_positions(segment_ids: jax.Array) -> jax.Array:
@@ -97,6 +105,9 @@ class Attention(nnx.Module):
 
   def init_cache(self, batch_size: int, max_len: int) -> KVCache:
     """Zero KV cache [B, max_len, Hkv, d] in the compute dtype."""
+    for name, n in (("batch_size", batch_size), ("max_len", max_len)):
+      if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"{name} must be a positive int, got {n!r}")
     shape = (batch_size, max_len, self.num_kv_heads, self.head_dim)
     dt = self.dtype or _f32
     return KVCache(k=jnp.zeros(shape, dt), v=jnp.zeros(shape, dt))
@@ -119,6 +130,8 @@ class Attention(nnx.Module):
     Without a cache this is plain causal attention over the T tokens (return_cache is not supported:
     a KV cache needs its length; the model's `prefill` allocates it). With a cache, the T new tokens are
     written at positions offset … offset+T−1 and attend to every cached position ≤ their own.
+    Past the cache (offset + T > max_len, or offset < 0): ValueError when `offset` is concrete; under
+    jit the output is NaN (all rows), so an overflow can never pass for a plausible result.
     """
     B, T, D = x.shape
     if D != self.hidden_size:
@@ -146,12 +159,21 @@ class Attention(nnx.Module):
 
     if segment_ids is not None:
       raise ValueError("segment_ids are not supported together with a KV cache")
-    offset = jnp.asarray(0 if offset is None else offset, jnp.int32)
+    S = cache.max_len
+    offset = 0 if offset is None else offset
+    if not isinstance(offset, jax.core.Tracer):
+      off = int(offset)
+      if off < 0 or off + T > S:
+        raise ValueError(f"KV cache overflow: {T} new token(s) at position {off} do not fit the cache's "
+                         f"max_len={S}; allocate a larger cache (prefill(ids, max_len=...) or "
+                         "init_cache(batch_size, max_len))")
+    if T > S:
+      raise ValueError(f"KV cache overflow: {T} new tokens do not fit the cache's max_len={S}")
+    offset = jnp.asarray(offset, jnp.int32)
     positions = offset + jnp.arange(T, dtype=jnp.int32)[None]  # [1, T]
     q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
     ck = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, offset, 0, 0))
     cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, offset, 0, 0))
-    S = ck.shape[1]
     s = jnp.arange(S, dtype=jnp.int32)[None, :]  # [1, S]
     t = positions[0][:, None]  # [T, 1]
     allowed = s <= t
@@ -159,4 +181,6 @@ class Attention(nnx.Module):
       allowed &= s > t - self.window_size
     o = jax.nn.dot_product_attention(q, ck.astype(q.dtype), cv.astype(q.dtype),
                                      mask=allowed[None, None], scale=scale, implementation="xla")
+    overflow = (offset < 0) | (offset + T > S)  # only reachable traced: poison instead of clamping
+    o = jnp.where(overflow, jnp.asarray(jnp.nan, o.dtype), o)
     return self.o_proj(o.reshape(B, T, D)), KVCache(k=ck, v=cv)

@@ -7,6 +7,14 @@
 Decoding: `init_cache` / `prefill` / `decode_step` / `forward_with_cache` carry a `ModelCache` (one
 cache per layer, and the number of tokens seen); none of them mutate the module, so they jit as pure
 functions of (module, inputs, cache).
+
+Checks that need values (they cannot raise under jit, where the values are traced):
+* token ids outside [0, vocab_size): ValueError on concrete ids; under jit they are clamped into range
+  (an id < 0 reads token 0, an id ≥ vocab_size the last token), never NaN or wrapped silently.
+* a KV cache (Transformer) holds `max_len` positions: going past it raises ValueError when the cache's
+  offset is concrete (eager `decode_step`), and gives NaN logits for every row under jit (every later
+  step from that cache too). Check `cache.offset < cache.max_len`, or use `generate`, which sizes the
+  cache statically. GLA caches are constant-size and have no limit.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from gla_jax.layers.linear import dense, embedding
@@ -31,6 +40,12 @@ class ModelCache:
 
   layers: tuple  # one cache per block (GLALayerCache or KVCache)
   offset: jax.Array  # int32 []: tokens processed so far (the next token's position)
+
+  @property
+  def max_len(self) -> int | None:
+    """Positions the cache can hold (the smallest KV cache's), None when unbounded (GLA)."""
+    lens = [c.max_len for c in self.layers if getattr(c, "max_len", None) is not None]
+    return min(lens) if lens else None
 
 
 class Block(nnx.Module):
@@ -85,16 +100,30 @@ class CausalLM(nnx.Module):
     raise NotImplementedError
 
   # -- pieces -------------------------------------------------------------------------------------
-  def _check_ids(self, input_ids, segment_ids=None) -> None:
-    if not hasattr(input_ids, "shape") or input_ids.ndim != 2:
-      raise ValueError(f"input_ids must be an int array [B, T], got shape {getattr(input_ids, 'shape', None)}")
+  def _check_ids(self, input_ids, segment_ids=None, *, name="input_ids") -> None:
+    """Shape and dtype; the values too when concrete (traced ids are clamped by `_embed`)."""
+    if not hasattr(input_ids, "shape") or input_ids.ndim != 2 or 0 in input_ids.shape:
+      raise ValueError(f"{name} must be an int array [B, T] with B, T >= 1, got shape "
+                       f"{getattr(input_ids, 'shape', None)}")
     if not jnp.issubdtype(input_ids.dtype, jnp.integer):
-      raise ValueError(f"input_ids must have an integer dtype, got {input_ids.dtype}")
+      raise ValueError(f"{name} must have an integer dtype, got {input_ids.dtype}")
+    if not isinstance(input_ids, jax.core.Tracer) and getattr(input_ids, "is_fully_addressable", True):
+      a, vocab = np.asarray(input_ids), self.config.vocab_size
+      lo, hi = int(a.min()), int(a.max())
+      if lo < 0 or hi >= vocab:
+        raise ValueError(f"{name} must be token ids in [0, vocab_size={vocab}), got values from {lo} to {hi}")
     if segment_ids is not None:
       if segment_ids.shape != input_ids.shape:
         raise ValueError(f"segment_ids must have the shape of input_ids {input_ids.shape}, got {segment_ids.shape}")
       if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
         raise ValueError(f"segment_ids must have an integer dtype, got {segment_ids.dtype}")
+
+  def _embed(self, input_ids: jax.Array) -> jax.Array:
+    """Embeddings of the ids clamped into [0, vocab): traced ids cannot be checked, and out of range they
+    would give NaN (≥ vocab) or wrap (< 0)."""
+    hi = min(self.config.vocab_size - 1, int(jnp.iinfo(input_ids.dtype).max))
+    ids = jnp.clip(input_ids, jnp.asarray(0, input_ids.dtype), jnp.asarray(hi, input_ids.dtype))
+    return self.embeddings(ids.astype(jnp.int32))
 
   def logits(self, h: jax.Array) -> jax.Array:
     """Final hidden states [B, T, D] (after the final norm) → float32 logits [B, T, vocab]."""
@@ -107,7 +136,7 @@ class CausalLM(nnx.Module):
   def hidden_states(self, input_ids: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
     """[B, T] token ids → final-normed hidden states [B, T, D] in the compute dtype."""
     self._check_ids(input_ids, segment_ids)
-    h = self.embeddings(input_ids)
+    h = self._embed(input_ids)
     step = nnx.remat(_block_forward) if self.config.remat else _block_forward
     for block in self.layers:
       h = step(block, h, segment_ids)
@@ -124,9 +153,19 @@ class CausalLM(nnx.Module):
     return ModelCache(layers=layers, offset=jnp.zeros((), jnp.int32))
 
   def forward_with_cache(self, input_ids: jax.Array, cache: ModelCache) -> tuple[jax.Array, ModelCache]:
-    """Continue from `cache` with T new tokens [B, T] → (logits float32 [B, T, vocab], updated cache)."""
+    """Continue from `cache` with T new tokens [B, T] → (logits float32 [B, T, vocab], updated cache).
+
+    Past a KV cache's max_len: ValueError with a concrete `cache.offset`, NaN logits under jit.
+    """
     self._check_ids(input_ids)
-    h = self.embeddings(input_ids)
+    return self._forward_with_cache(input_ids, cache)
+
+  def _forward_with_cache(self, input_ids, cache):
+    leaves = jax.tree.leaves(cache.layers)
+    if leaves and leaves[0].shape[0] != input_ids.shape[0]:
+      raise ValueError(f"the ids have {input_ids.shape[0]} rows but the cache was made for "
+                       f"{leaves[0].shape[0]}")
+    h = self._embed(input_ids)
     new_layers = []
     for block, layer_cache in zip(self.layers, cache.layers):
       h, c = block(h, cache=layer_cache, offset=cache.offset, return_cache=True)
@@ -135,13 +174,27 @@ class CausalLM(nnx.Module):
     return logits, ModelCache(layers=tuple(new_layers), offset=cache.offset + input_ids.shape[1])
 
   def prefill(self, input_ids: jax.Array, *, max_len: int | None = None) -> tuple[jax.Array, ModelCache]:
-    """Run a prompt [B, T] → (logits float32 [B, T, vocab], cache). KV caches hold `max_len` (default T)."""
+    """Run a prompt [B, T] → (logits float32 [B, T, vocab], cache).
+
+    `max_len`: the total tokens (prompt + decode steps) the cache must hold; default T, which leaves a
+    Transformer no room to decode (KV caches are sized by it; the GLA state is constant-size).
+    """
     self._check_ids(input_ids)
     B, T = input_ids.shape
-    return self.forward_with_cache(input_ids, self.init_cache(B, max(T, max_len or T)))
+    if max_len is None:
+      max_len = T
+    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < T:
+      raise ValueError(f"max_len must be an int >= the prompt length {T}, got {max_len!r}")
+    return self._forward_with_cache(input_ids, self.init_cache(B, int(max_len)))
 
   def decode_step(self, token_ids: jax.Array, cache: ModelCache) -> tuple[jax.Array, ModelCache]:
-    """One token per row ([B] or [B, 1]) → (logits float32 [B, vocab], updated cache). O(1) for GLA."""
+    """One token per row ([B] or [B, 1]) → (logits float32 [B, vocab], updated cache). O(1) for GLA.
+
+    A Transformer's KV cache holds `max_len` tokens (prefill / init_cache): a step past it raises
+    ValueError when `cache.offset` is concrete, and returns NaN logits under jit (see the module doc).
+    """
+    if not hasattr(token_ids, "ndim"):
+      raise ValueError(f"token_ids must be an int array [B] or [B, 1], got {type(token_ids).__name__}")
     if token_ids.ndim == 1:
       token_ids = token_ids[:, None]
     if token_ids.ndim != 2 or token_ids.shape[1] != 1:
