@@ -128,7 +128,11 @@ class TrainConfig:
 
 
 def load_config(spec: str) -> TrainConfig:
-  """Config from a file path (`configs/mqar_gla.py`) or a bare name (`mqar_gla`) in the configs folder."""
+  """Config from a file path (`configs/mqar_gla.py`) or a bare name (`mqar_gla`) in the configs folder.
+
+  Any failure of the file itself (a SyntaxError, a missing import, a `get_config` that raises, e.g. a model
+  config's own ValueError) becomes one ConfigError line naming the file, not a traceback.
+  """
   path = spec
   if not path.endswith(".py"):
     here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -136,16 +140,32 @@ def load_config(spec: str) -> TrainConfig:
   if not os.path.isfile(path):
     raise ConfigError(f"--config {spec!r}: no such file {path!r}; available: {', '.join(available_configs())}")
   name = "gla_config_" + os.path.splitext(os.path.basename(path))[0]
-  module_spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(module_spec)
-  sys.modules[name] = module
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
+  try:
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    sys.modules.pop(name, None)
+    raise ConfigError(f"--config {path!r}: syntax error at line {e.lineno}: {e.msg}") from e
+  except Exception as e:  # ImportError, NameError, ...: anything the file's top level raises
+    sys.modules.pop(name, None)
+    raise ConfigError(f"--config {path!r}: loading it raised {_one_line(e)}") from e
+  if not callable(getattr(module, "get_config", None)):
     raise ConfigError(f"--config {path!r} defines no get_config()")
-  config = module.get_config()
+  try:
+    config = module.get_config()
+  except Exception as e:
+    raise ConfigError(f"--config {path!r}: get_config() raised {_one_line(e)}") from e
   if not isinstance(config, TrainConfig):
     raise ConfigError(f"--config {path!r}: get_config() returned {type(config).__name__}, expected TrainConfig")
   return config
+
+
+def _one_line(e: BaseException) -> str:
+  """`Type: first line of the message` (where the error came from is in the chained traceback, if wanted)."""
+  lines = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def available_configs() -> list[str]:
@@ -291,24 +311,48 @@ def _type_name(hint: Any) -> str:
 # ------------------------------------------------------------------------------------------------ checks
 
 
+_SEED_MAX = 2**32 - 1  # grain's shuffle and numpy's SeedSequence take seeds in [0, 2**32)
+
+# dotted key -> (low, high, low_open, high_open) for every number of the tree outside `model` (the model
+# config checks its own fields); a bound of None is no bound, and every float must be finite.
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "steps": (1, None, False, False), "grad_accum": (1, None, False, False), "seed": (0, _SEED_MAX, False, False),
+    "eval_every": (0, None, False, False), "eval_batches": (1, None, False, False),
+    "log_every": (1, None, False, False),
+    "optim.lr": (0, None, True, False), "optim.warmup_steps": (0, None, False, False),
+    "optim.min_lr_ratio": (0, 1, False, False), "optim.b1": (0, 1, False, True), "optim.b2": (0, 1, False, True),
+    "optim.eps": (0, None, True, False), "optim.weight_decay": (0, None, False, False),
+    "optim.clip_norm": (0, None, False, False),
+    "data.batch_size": (1, None, False, False), "data.seq_len": (1, None, False, False),
+    "data.seed": (0, _SEED_MAX, False, False), "data.mqar.num_kv_pairs": (1, None, False, False),
+    "data.mqar.power_a": (None, None, False, False), "data.text.bpe_vocab_size": (257, None, False, False),
+    "data.text.validation_every": (2, None, False, False),
+    "data.text.shuffle_seed": (0, _SEED_MAX, False, False),
+    "checkpoint.every": (0, None, False, False), "checkpoint.keep": (1, None, False, False),
+}
+
+
 def validate(config: TrainConfig) -> None:
-  """Checks values that do not depend on the devices (the mesh is checked in train.mesh)."""
-  positive = {
-      "steps": config.steps, "grad_accum": config.grad_accum, "data.batch_size": config.data.batch_size,
-      "data.seq_len": config.data.seq_len, "eval_batches": config.eval_batches, "log_every": config.log_every,
-      "checkpoint.keep": config.checkpoint.keep,
-  }
-  for key, value in positive.items():
-    if value < 1:
-      raise ConfigError(f"{key}={value}: must be >= 1")
+  """Checks values that do not depend on the devices (the mesh is checked in train.mesh).
+
+  Every field outside `model` is checked against its declared type (a config file is Python: nothing
+  parsed it) and every number against its range in RANGES, so nonsense stops here with one line instead
+  of training on it (a NaN learning rate, a negative interval, beta1 = 1.5).
+  """
+  _check_types(config, "")
+  for key, (low, high, low_open, high_open) in RANGES.items():
+    value = config
+    for part in key.split("."):
+      value = getattr(value, part)
+    _check_range(key, value, low, high, low_open, high_open)
+  if not config.name:
+    raise ConfigError("name='': a run needs a name (it names the default workdir runs/<name>)")
   for key in ("data", "fsdp", "tensor"):
     size = getattr(config.mesh, key)
     if size == 0 or size < -1:
       raise ConfigError(f"mesh.{key}={size}: must be a positive size or -1 (the devices left over)")
   if config.data.batch_size % config.grad_accum:
     raise ConfigError(f"data.batch_size={config.data.batch_size} must be a multiple of grad_accum={config.grad_accum}")
-  if config.optim.lr <= 0 or not 0 <= config.optim.min_lr_ratio <= 1:
-    raise ConfigError(f"optim.lr={config.optim.lr} must be > 0 and optim.min_lr_ratio in [0, 1]")
   vocab = getattr(config.model, "vocab_size", None)
   if vocab is None:
     raise ConfigError(f"model: {type(config.model).__name__} has no vocab_size; expected a gla_jax model config")
@@ -321,3 +365,64 @@ def validate(config: TrainConfig) -> None:
     if vocab < 4 * mq.num_kv_pairs:
       raise ConfigError(f"model.vocab_size={vocab} too small for {mq.num_kv_pairs} MQAR pairs "
                         f"(keys and values come from halves of the vocabulary)")
+
+
+def _check_types(obj: Any, prefix: str) -> None:
+  """Each field's value has its declared type (bool is not an int; an int is a float); `model` excepted."""
+  hints = _type_hints(type(obj))
+  for f in dataclasses.fields(obj):
+    key, value, hint = prefix + f.name, getattr(obj, f.name), hints.get(f.name, Any)
+    if key == "model":
+      continue
+    if dataclasses.is_dataclass(value):
+      _check_types(value, key + ".")
+    elif not _has_type(value, hint):
+      raise ConfigError(f"{key}={value!r}: expected {_type_name(hint)}, got {type(value).__name__}")
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+  origin = typing.get_origin(hint)
+  if origin is Literal:
+    return value in typing.get_args(hint)
+  if origin in (typing.Union, types.UnionType):
+    return any(_has_type(value, a) for a in typing.get_args(hint))
+  if hint is type(None):
+    return value is None
+  if hint is bool:
+    return isinstance(value, bool)
+  if hint is int:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+  if hint is float:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+  if hint is str:
+    return isinstance(value, str)
+  return True  # Any and the rest: not checked
+
+
+def _check_range(key: str, value: Any, low, high, low_open: bool, high_open: bool) -> None:
+  if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+    raise ConfigError(f"{key}={value}: must be a finite number")
+  too_low = low is not None and (value <= low if low_open else value < low)
+  too_high = high is not None and (value >= high if high_open else value > high)
+  if too_low or too_high:
+    lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+    hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+    raise ConfigError(f"{key}={value}: must be {' and '.join(x for x in (lo, hi) if x)}")
+
+
+def check_platform(config: TrainConfig, platform: str) -> None:
+  """An explicit `model.attn_impl` that cannot run on this platform (Triton on CPU, cuDNN off GPU)."""
+  impl = getattr(config.model, "attn_impl", "auto")
+  if impl == "auto":
+    return
+  if type(config.model).__name__ == "TransformerConfig":
+    if impl == "cudnn" and platform != "gpu":
+      raise ConfigError(f"model.attn_impl='cudnn' needs an NVIDIA GPU, this is {platform} (use auto or xla)")
+    return
+  from pallas_kernels.gla.ops import CHUNK_GLA  # pylint: disable=g-import-not-at-top
+  candidate = CHUNK_GLA.lookup(impl)
+  if candidate is None:
+    raise ConfigError(f"model.attn_impl={impl!r}: expected auto or one of {', '.join(CHUNK_GLA.available_impls())}")
+  if platform not in candidate.platforms:
+    raise ConfigError(f"model.attn_impl={impl!r} runs on {', '.join(sorted(candidate.platforms))}, "
+                      f"not on {platform} (use auto, which picks the platform's best)")

@@ -8,6 +8,7 @@ kept so that a fla `config.json` maps one to one; the JAX-side fields are `dtype
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax.numpy as jnp
 
@@ -23,12 +24,43 @@ def _check_common(cfg) -> None:
     if str(jnp.dtype(value)) not in _DTYPES:
       raise ValueError(f"{name} must be one of {_DTYPES}, got {value!r}")
   for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads"):
-    if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
+    if isinstance(getattr(cfg, name), bool) or not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
       raise ValueError(f"{name} must be a positive int, got {getattr(cfg, name)!r}")
-  if cfg.num_kv_heads is not None and cfg.num_heads % cfg.num_kv_heads:
-    raise ValueError(f"num_heads ({cfg.num_heads}) must be divisible by num_kv_heads ({cfg.num_kv_heads})")
   if cfg.hidden_act not in ("swish", "silu"):
     raise ValueError(f"hidden_act must be 'swish' (SwiGLU MLP), got {cfg.hidden_act!r}")
+  _check_int(cfg, "num_kv_heads", 1, optional=True)
+  if cfg.num_kv_heads is not None and cfg.num_heads % cfg.num_kv_heads:
+    raise ValueError(f"num_heads ({cfg.num_heads}) must be divisible by num_kv_heads ({cfg.num_kv_heads})")
+  _check_int(cfg, "intermediate_size", 1, optional=True)
+  _check_int(cfg, "max_position_embeddings", 1)
+  for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+    _check_int(cfg, name, 0, optional=True)
+  _check_real(cfg, "hidden_ratio", positive=True, optional=True)
+  _check_real(cfg, "norm_eps", positive=True)
+  _check_real(cfg, "initializer_range", positive=False)
+  for name in ("elementwise_affine", "tie_word_embeddings", "remat", "use_cache"):
+    if not isinstance(getattr(cfg, name), bool):
+      raise ValueError(f"{name} must be a bool, got {getattr(cfg, name)!r}")
+
+
+def _check_int(cfg, name: str, low: int, optional: bool = False) -> None:
+  """An int (not a bool) >= low; None allowed when `optional`."""
+  value = getattr(cfg, name)
+  if value is None and optional:
+    return
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    raise ValueError(f"{name} must be an int >= {low}{' or None' if optional else ''}, got {value!r}")
+
+
+def _check_real(cfg, name: str, *, positive: bool, optional: bool = False) -> None:
+  """A finite real number, > 0 when `positive` (else >= 0); None allowed when `optional`."""
+  value = getattr(cfg, name)
+  if value is None and optional:
+    return
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  if not ok or (value <= 0 if positive else value < 0):
+    raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}"
+                     f"{' or None' if optional else ''}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -81,6 +113,26 @@ class GLAConfig:
       raise ValueError(f"attn_mode must be 'chunk', 'fused_chunk' or 'fused_recurrent', got {self.attn_mode!r}")
     if self.feature_map is not None and self.feature_map not in ACTIVATION_NAMES:
       raise ValueError(f"feature_map must be None or one of {ACTIVATION_NAMES}, got {self.feature_map!r}")
+    for name in ("expand_k", "expand_v", "gate_logit_normalizer"):
+      _check_real(self, name, positive=True)
+    if self.clamp_min is not None and (isinstance(self.clamp_min, bool) or not isinstance(self.clamp_min, (int, float))
+                                       or not math.isfinite(self.clamp_min)):
+      raise ValueError(f"clamp_min must be a finite number or None, got {self.clamp_min!r}")
+    _check_int(self, "conv_size", 1)
+    _check_int(self, "gate_low_rank_dim", 1)
+    key_dim, value_dim = self.hidden_size * self.expand_k, self.hidden_size * self.expand_v
+    if not (math.isclose(key_dim, round(key_dim)) and math.isclose(value_dim, round(value_dim))):
+      raise ValueError(f"hidden_size·expand_k ({key_dim}) and hidden_size·expand_v ({value_dim}) must be integers")
+    if round(key_dim) % self.num_heads or round(value_dim) % self.num_heads:
+      raise ValueError(f"key_dim = hidden_size·expand_k ({round(key_dim)}) and value_dim = hidden_size·expand_v "
+                       f"({round(value_dim)}) must be divisible by num_heads ({self.num_heads})")
+    if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 16 \
+        or self.chunk_size % 16:
+      raise ValueError(f"chunk_size must be a positive multiple of 16, got {self.chunk_size!r}")
+    # the name itself is checked where it is used (an implementation may be registered after this
+    # config is made: tests do); `train.config.check_platform` checks it before a training run
+    if not isinstance(self.attn_impl, str) or not self.attn_impl:
+      raise ValueError(f"attn_impl must be 'auto' or a chunk_gla implementation name, got {self.attn_impl!r}")
 
   @property
   def key_dim(self) -> int:
@@ -135,6 +187,11 @@ class TransformerConfig:
       raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
     if self.attn_impl not in ("auto", "xla", "cudnn"):
       raise ValueError(f"attn_impl must be 'auto', 'xla' or 'cudnn', got {self.attn_impl!r}")
+    _check_int(self, "window_size", 1, optional=True)
+    _check_real(self, "rope_theta", positive=True)
+    if (self.hidden_size // self.num_heads) % 2:
+      raise ValueError(f"head dim = hidden_size / num_heads ({self.hidden_size // self.num_heads}) must be even "
+                       f"(RoPE rotates pairs)")
 
   @property
   def mlp_size(self) -> int:

@@ -45,8 +45,11 @@ def make_sources(config: TrainConfig, *, process_index: int = 0, process_count: 
                         f"(set data.text.eval_split)")
   kw = dict(global_batch=d.batch_size, seq_len=d.seq_len, seed=d.text.shuffle_seed, text_key=d.text.text_key,
             process_index=process_index, process_count=process_count)
-  return (text.TextSource(builder, tokenizer, split="train", **kw),
-          text.TextSource(builder, tokenizer, split=d.text.eval_split, **kw), tokenizer)
+  try:
+    return (text.TextSource(builder, tokenizer, split="train", **kw),
+            text.TextSource(builder, tokenizer, split=d.text.eval_split, **kw), tokenizer)
+  except ValueError as e:
+    raise ConfigError(f"data.text.corpus={d.text.corpus!r}: {e}") from e
 
 
 def data_dir(config: TrainConfig) -> str:
