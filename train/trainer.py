@@ -28,11 +28,19 @@ from train import mesh as mesh_lib
 from train import metrics as metrics_lib
 from train import state as state_lib
 from train import step as step_lib
-from train.checkpoint import Checkpointer, StopSignal
+from train.checkpoint import CheckpointError, Checkpointer, CorruptCheckpointError, StopSignal
 from train.config import ConfigError, TrainConfig, validate
 from train.data import make_sources
 
 log = logging.getLogger(__name__)
+
+# a run stops (TrainingError) after this many consecutive steps rejected as non-finite: its state no longer
+# changes, so going on only burns the budget (the last checkpoint is the state before the rejections)
+MAX_REJECTED_IN_A_ROW = 10
+
+
+class TrainingError(RuntimeError):
+  """Training cannot usefully go on (e.g. every step is rejected as non-finite); one-line message."""
 
 
 def default_build(config: TrainConfig) -> Callable[[nnx.Rngs], nnx.Module]:
@@ -69,12 +77,46 @@ class Trainer:
   # ---------------------------------------------------------------------------------------------- state
 
   def initialize(self) -> None:
-    """Restores the latest checkpoint (if resuming and one exists), else initialises fresh, sharded."""
-    latest = self.checkpointer.latest_step() if self.config.checkpoint.resume else None
-    if latest is not None:
-      self.restore(latest)
+    """Restores the newest usable checkpoint (if resuming and one exists), else initialises fresh, sharded.
+
+    A damaged step (checksum, missing or unreadable file) is renamed `<step>.corrupt` with a warning and
+    the next older one is tried; if none is usable, CheckpointError. A checkpoint of another model config
+    raises ConfigError naming the field (not a fallback: every step of the run has that config).
+    """
+    steps = sorted(self.checkpointer.all_steps(), reverse=True) if self.config.checkpoint.resume else []
+    problems = []
+    for step in steps:
+      try:
+        self._check_model_config(step)
+        self.restore(step)
+      except CorruptCheckpointError as e:
+        problems.append(str(e))
+        where = self.checkpointer.set_aside(step)
+        log.warning("%s; moved it to %s, trying an older checkpoint", e, where)
+        continue
+      if problems:
+        log.warning("resuming from the older checkpoint at step %d", step)
       return
+    if problems:
+      raise CheckpointError(f"no usable checkpoint in {self.checkpointer.directory}: {problems[0]}"
+                            + (f" (and {len(problems) - 1} older ones damaged too)" if len(problems) > 1 else "")
+                            + "; start over with --fresh or a new --workdir")
     self.state, _, _ = state_lib.init_state(self._build, self.tx, self.mesh, self.config.seed)
+
+  def _check_model_config(self, step: int) -> None:
+    """ConfigError when the checkpoint's model config differs from this run's (its arrays would not fit)."""
+    saved = self.checkpointer.read_meta(step).get("config", {})
+    saved = saved.get("model") if isinstance(saved, dict) else None
+    if not isinstance(saved, dict):
+      return  # no config recorded: the restore itself checks the shapes
+    ours = _config_json(self.config)["model"]
+    diff = [k for k in sorted(set(saved) | set(ours)) if saved.get(k, "<unset>") != ours.get(k, "<unset>")]
+    if diff:
+      shown = ", ".join(f"model.{k}={saved.get(k, '<unset>')!r} there but {ours.get(k, '<unset>')!r} here"
+                        for k in diff[:3]) + (f" (+{len(diff) - 3} more)" if len(diff) > 3 else "")
+      raise ConfigError(f"checkpoint {self.checkpointer.step_dir(step)} was written with another model config: "
+                        f"{shown}; resume with the same model settings, or start over with --fresh or a new "
+                        f"--workdir")
 
   def restore(self, step: int | None = None) -> None:
     """Loads a checkpoint onto this trainer's mesh (which may differ from the one that saved it)."""
@@ -121,6 +163,8 @@ class Trainer:
     start = int(self.state.step)
     stop_at = cfg.steps if until is None else min(until, cfg.steps)
     self._data_state = self.train_src.get_state()
+    if jax.process_index() == 0:  # rows past the restored step were written by the run that died
+      _truncate_metrics(os.path.join(self.run_dir, "metrics.jsonl"), start, rerun_eval=start >= cfg.steps)
     writer = metrics_lib.MetricsWriter(self.run_dir, tensorboard=cfg.tensorboard)
     stop = StopSignal()
     bar = _progress(cfg.progress and jax.process_index() == 0, start, cfg.steps)
@@ -131,6 +175,8 @@ class Trainer:
     t_log, steps_since_log = time.perf_counter(), 0
     prefetch = _Prefetcher(self.train_src, stop_at - start)
     step = start
+    skipped_before = int(self.state.skipped)
+    rejected = _Rejections(skipped_before)
     try:
       while step < stop_at:
         batch_np, self._data_state = prefetch.get()
@@ -143,6 +189,7 @@ class Trainer:
           fetched = jax.device_get(pending)
           pending = []
           losses.extend(float(f["loss"]) for f in fetched)
+          rejected.update(step - len(fetched) + 1, fetched)
           dt = time.perf_counter() - t_log
           row = {k: float(np.mean([f[k] for f in fetched])) for k in ("loss", "accuracy", "grad_norm")}
           row.update(skipped=int(fetched[-1]["skipped"]), tokens_per_s=tokens_per_step * steps_since_log / dt,
@@ -154,6 +201,8 @@ class Trainer:
                           tok_s=f"{row['tokens_per_s']:,.0f}", refresh=False)
           t_log, steps_since_log = time.perf_counter(), 0
         bar.update(1)
+        if jax.process_count() == 1:
+          self.checkpointer.poll()  # a failed background save stops the run now, not at the next save
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
           last_eval = self.evaluate()
           writer.write(step, "eval", last_eval)
@@ -166,7 +215,12 @@ class Trainer:
           log.warning("stopping at step %d on signal", step)
           break
       if pending:
-        losses.extend(float(f["loss"]) for f in jax.device_get(pending))
+        fetched = jax.device_get(pending)
+        losses.extend(float(f["loss"]) for f in fetched)
+        rejected.update(step - len(fetched) + 1, fetched)
+      if step > start and int(self.state.skipped) - skipped_before == step - start:
+        raise TrainingError(f"all {step - start} steps of this run ({start + 1}-{step}) were rejected as "
+                            f"non-finite (loss {losses[-1] if losses else float('nan')}): nothing was learnt")
       final_eval = None
       if step >= cfg.steps:
         final_eval = self.evaluate()
@@ -181,13 +235,57 @@ class Trainer:
     plot = metrics_lib.plot_curves(self.run_dir) if cfg.plot and step >= cfg.steps else None
     return {"losses": losses, "final_eval": final_eval, "last_eval": last_eval, "step": step,
             "start_step": start, "skipped": int(self.state.skipped), "plot": plot,
-            "checkpoint": os.path.join(self.checkpointer.directory, str(step)), "stopped_by_signal": stop.requested}
+            "checkpoint": os.path.join(self.checkpointer.directory, str(step)), "stopped_by_signal": stop.requested and step < stop_at}
 
   def close(self) -> None:
     self.checkpointer.close()
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+class _Rejections:
+  """Counts consecutive non-finite (rejected) steps from the fetched metrics' cumulative `skipped`."""
+
+  def __init__(self, skipped: int):
+    self.skipped, self.in_a_row, self.first = skipped, 0, None
+
+  def update(self, first_step: int, fetched: list[dict]) -> None:
+    for i, f in enumerate(fetched):
+      now = int(f["skipped"])
+      if now > self.skipped:
+        self.first = first_step + i if self.in_a_row == 0 else self.first
+        self.in_a_row += 1
+      else:
+        self.in_a_row = 0
+      self.skipped = now
+    if self.in_a_row >= MAX_REJECTED_IN_A_ROW:
+      last = first_step + len(fetched) - 1
+      raise TrainingError(f"steps {self.first}-{last} were all rejected as non-finite (loss "
+                          f"{float(fetched[-1]['loss'])}): stopping; resume from an earlier checkpoint with a "
+                          f"lower optim.lr, or check the data")
+
+
+def _truncate_metrics(path: str, step: int, *, rerun_eval: bool) -> None:
+  """Drops metrics.jsonl rows after `step` (and the eval at `step` when it will be run again)."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+      s = int(row["step"])
+    except (ValueError, KeyError, TypeError):
+      continue  # a row cut short by a kill
+    if s < step or (s == step and not (rerun_eval and row.get("split") == "eval")):
+      keep.append(line if line.endswith("\n") else line + "\n")
+  if len(keep) != len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
 
 
 class _Prefetcher:
