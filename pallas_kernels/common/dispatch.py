@@ -24,6 +24,10 @@ import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from pallas_kernels import compat
 
 ALL_PLATFORMS = frozenset({"cpu", "gpu", "tpu"})
@@ -37,6 +41,12 @@ class Implementation:
   fn: Callable  # fn(info, *args, **kwargs): the op's positional and keyword contract, already checked
   platforms: frozenset[str] = ALL_PLATFORMS  # where it runs compiled (interpret mode does not count)
   check: Callable[[Any], str | None] = lambda info: None  # why it cannot serve a call, or None
+
+
+def _numpy_to_jax(tree):
+  """NumPy arrays become jax arrays once, before the check, so every implementation (`.at`, kernels)
+  sees one kind of input; NumPy scalars (a `scale`) and Python values are left as they are."""
+  return jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, np.ndarray) else x, tree)
 
 
 def current_platform() -> str:
@@ -117,6 +127,7 @@ class Op:
     return candidate
 
   def __call__(self, *args, impl: str = "auto", **kwargs):
+    args, kwargs = _numpy_to_jax((args, kwargs))
     info = self.check(*args, **kwargs)
     return self.select(info, impl).fn(info, *args, **kwargs)
 

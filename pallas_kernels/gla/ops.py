@@ -19,16 +19,15 @@ from pallas_kernels.gla.naive import naive_associative_gla, naive_parallel_gla, 
 
 def _check_chunk(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
                  segment_ids=None, chunk_size=64) -> CallInfo:
-  del output_final_state
   return check_gla_inputs(q, k, v, g, scale=scale, initial_state=initial_state,
-                          segment_ids=segment_ids, chunk_size=chunk_size)
+                          segment_ids=segment_ids, chunk_size=chunk_size,
+                          output_final_state=output_final_state)
 
 
 def _check_recurrent(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
                      segment_ids=None) -> CallInfo:
-  del output_final_state
   return check_gla_inputs(q, k, v, g, scale=scale, initial_state=initial_state,
-                          segment_ids=segment_ids)
+                          segment_ids=segment_ids, output_final_state=output_final_state)
 
 
 CHUNK_GLA = Op("chunk_gla", check=_check_chunk,
@@ -46,13 +45,14 @@ def chunk_gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state=
   Args:
     q, k: [B, T, H, K] queries and keys (float32, bfloat16 or float16; one dtype with v).
     v: [B, T, H, V] values.
-    g: [B, T, H, K] log forget gates (≤ 0), float32 or the inputs' dtype.
+    g: [B, T, H, K] log forget gates (≤ 0, −inf allowed; not checked: see docs/ops.md), float32 or
+      the inputs' dtype.
     scale: defaults to K ** -0.5.
     initial_state: [B, H, K, V], the state before t = 0 (float32 preferred).
     output_final_state: also return the state after the last token.
     segment_ids: [B, T] int; the state restarts at every change of id (packed documents);
       `initial_state` applies to each row's first segment.
-    chunk_size: tokens per chunk (a multiple of 16).
+    chunk_size: tokens per chunk (a multiple of 16, at most 1024).
     impl: "auto" or a name from `available_impls()`.
 
   Returns:

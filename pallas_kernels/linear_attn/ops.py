@@ -20,17 +20,16 @@ from pallas_kernels.simple_gla.ops import CHUNK_SIMPLE_GLA
 
 def _check_chunk(q, k, v, *, scale=None, normalize=False, initial_state=None,
                  output_final_state=False, segment_ids=None, chunk_size=64) -> CallInfo:
-  del output_final_state
   return check_linear_attn_inputs(q, k, v, scale=scale, normalize=normalize,
                                   initial_state=initial_state, segment_ids=segment_ids,
-                                  chunk_size=chunk_size)
+                                  chunk_size=chunk_size, output_final_state=output_final_state)
 
 
 def _check_recurrent(q, k, v, *, scale=None, normalize=False, initial_state=None,
                      output_final_state=False, segment_ids=None) -> CallInfo:
-  del output_final_state
   return check_linear_attn_inputs(q, k, v, scale=scale, normalize=normalize,
-                                  initial_state=initial_state, segment_ids=segment_ids)
+                                  initial_state=initial_state, segment_ids=segment_ids,
+                                  output_final_state=output_final_state)
 
 
 CHUNK_LINEAR_ATTN = Op("chunk_linear_attn", check=_check_chunk,
@@ -61,8 +60,8 @@ def chunk_linear_attn(q, k, v, *, scale=None, normalize=False, initial_state=Non
       Applies to each row's first document (float32 preferred).
     output_final_state: also return the state after the last token.
     segment_ids: [B, T] int; the state restarts at every change of id (packed documents).
-    chunk_size: tokens per chunk of the simple_gla chunk forms (a multiple of 16); the result does
-      not depend on it.
+    chunk_size: tokens per chunk of the simple_gla chunk forms (a multiple of 16, ≤ 1024); the result
+      does not depend on it.
     impl: "auto" or a name from `available_impls()`.
 
   Returns:

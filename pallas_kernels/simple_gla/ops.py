@@ -20,16 +20,15 @@ from pallas_kernels.simple_gla.naive import (naive_associative_simple_gla, naive
 
 def _check_chunk(q, k, v, g=None, *, g_gamma=None, scale=None, initial_state=None,
                  output_final_state=False, segment_ids=None, chunk_size=64) -> CallInfo:
-  del output_final_state
   return check_simple_gla_inputs(q, k, v, g, g_gamma=g_gamma, scale=scale, initial_state=initial_state,
-                                 segment_ids=segment_ids, chunk_size=chunk_size)
+                                 segment_ids=segment_ids, chunk_size=chunk_size,
+                                 output_final_state=output_final_state)
 
 
 def _check_recurrent(q, k, v, g=None, *, g_gamma=None, scale=None, initial_state=None,
                      output_final_state=False, segment_ids=None) -> CallInfo:
-  del output_final_state
   return check_simple_gla_inputs(q, k, v, g, g_gamma=g_gamma, scale=scale, initial_state=initial_state,
-                                 segment_ids=segment_ids)
+                                 segment_ids=segment_ids, output_final_state=output_final_state)
 
 
 CHUNK_SIMPLE_GLA = Op("chunk_simple_gla", check=_check_chunk,
@@ -57,7 +56,7 @@ def chunk_simple_gla(q, k, v, g=None, *, g_gamma=None, scale=None, initial_state
     output_final_state: also return the state after the last token.
     segment_ids: [B, T] int; the state restarts at every change of id (packed documents);
       `initial_state` applies to each row's first segment.
-    chunk_size: tokens per chunk (a multiple of 16).
+    chunk_size: tokens per chunk (a multiple of 16, at most 1024).
     impl: "auto" or a name from `available_impls()`.
 
   Returns:
