@@ -41,6 +41,7 @@ pl = compat.pl
 pltpu = compat.pltpu
 _f32 = jnp.float32
 MAX_DIM = 512  # K, V up to this fit the VMEM budget of tpu_model on v5e / v5p / v6e
+G_FLOOR = -60.0  # gates below (−inf is legal) act as this: the Triton kernels' floor (see below)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,6 +335,9 @@ def _chunk_gla_tpu_checked(info: CallInfo, q, k, v, g, *, scale=None, initial_st
     h0 = jnp.pad(initial_state.astype(_f32), ((0, 0), (0, 0), (0, Kp - K), (0, Vp - V)))
     h0T = jnp.swapaxes(h0, -1, -2)
   doc_col, doc_row = _doc_layout(segment_ids, C) if segment_ids is not None else (None, None)
+  # −inf − (−inf) of chunk cumsums would be NaN: floored entries give e^{−60} ≈ 0 at float32 resolution
+  # and, through `where`, the gradient 0 (the true e^g·(…) ≈ 0); gates ≥ G_FLOOR pass unchanged
+  g = jnp.where(g < G_FLOOR, jnp.asarray(G_FLOOR, g.dtype), g)
   o, htT = _chunk_gla_tpu(opts, H, _to_kernel_layout(q, Tp, Kp), _to_kernel_layout(k, Tp, Kp),
                           _to_kernel_layout(v, Tp, Vp), _to_kernel_layout(g, Tp, Kp), h0T, doc_col,
                           doc_row)

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from pallas_kernels.common.checks import CallInfo, check_gla_inputs, default_scale
 from pallas_kernels.common.segments import doc_index
 from pallas_kernels.common.dispatch import Implementation
+from pallas_kernels.common.triton.gates import G_FLOOR
 from pallas_kernels.gla.triton.bwd import chunk_grads, chunk_state_grad_pass
 from pallas_kernels.gla.triton.common import C, F32, PATHS, BlockSizes, KernelOptions, padded_dim
 from pallas_kernels.gla.triton.fwd import chunk_fwd, chunk_state_pass
@@ -182,6 +183,10 @@ def prepare(q, k, v, g, *, info: CallInfo | None = None, scale=None, initial_sta
   doc = None
   if segment_ids is not None:  # padding continues the last document
     doc = _pad(doc_index(segment_ids), 1, Tp, mode="edge")
+  # −inf (legal) → G_FLOOR, as simple GLA's kernels do: the kernels take differences of chunk cumsums,
+  # and −inf − (−inf) is NaN; e^{−60} is 0 at float32 resolution, and `where` gives those entries the
+  # gradient 0 (the true e^g·(…) ≈ 0). Gates ≥ G_FLOOR are passed unchanged.
+  g = jnp.where(g < G_FLOOR, jnp.asarray(G_FLOOR, g.dtype), g)
   return opts, (pad_k(q), pad_k(k), _pad(_pad(v, 1, Tp), 3, Vp), pad_k(g), h0, doc)
 
 
