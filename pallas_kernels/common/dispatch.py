@@ -49,6 +49,24 @@ def _numpy_to_jax(tree):
   return jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, np.ndarray) else x, tree)
 
 
+def reference(fn: Callable) -> Callable:
+  """An implementation `fn(info, q, k, v, g, ...)` over a reference form `fn(q, k, v, g, **kw)` (the
+  naive / associative / parallel forms of an op): they check their own inputs and do not chunk."""
+  def run(info, q, k, v, g=None, *, chunk_size=None, **kw):
+    del info, chunk_size
+    o, ht = fn(q, k, v, g, **kw)
+    return o.astype(v.dtype), ht
+  return run
+
+
+def associative_check(info) -> str | None:
+  """The associative-scan references materialise every state: refuse calls past 2**28 state entries."""
+  n = info.B * info.T * info.H * info.K * info.V
+  if n > 2**28:
+    return f"the associative scan materialises every state: B·T·H·K·V = {n} > 2**28"
+  return None
+
+
 def current_platform() -> str:
   """The platform dispatch decides for ("cpu", "gpu" or "tpu"); tests patch `Op.platform`."""
   return compat.backend_platform()

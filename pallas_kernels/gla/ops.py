@@ -11,7 +11,7 @@ raises a ValueError with the reason — there is no silent fallback.
 from __future__ import annotations
 
 from pallas_kernels.common.checks import CallInfo, check_gla_inputs
-from pallas_kernels.common.dispatch import Implementation, Op
+from pallas_kernels.common.dispatch import Implementation, Op, associative_check, reference
 from pallas_kernels.gla.chunk import chunk_gla_xla
 from pallas_kernels.gla.fused_recurrent import fused_recurrent_gla_scan
 from pallas_kernels.gla.naive import naive_associative_gla, naive_parallel_gla, naive_recurrent_gla
@@ -101,30 +101,15 @@ def select_impl(info: CallInfo, impl: str = "auto", platform: str | None = None)
 # ------------------------------------------------------------------------------------------------
 
 
-def _reference(fn):
-  def run(info, q, k, v, g, *, chunk_size=None, **kw):
-    del info, chunk_size  # references check their own inputs and do not chunk
-    o, ht = fn(q, k, v, g, **kw)
-    return o.astype(v.dtype), ht
-  return run
-
-
 def _parallel_check(info: CallInfo) -> str | None:
   if info.T > 1024:
     return f"the T×T parallel reference holds a [T, T, K] tensor per head; T={info.T} > 1024"
   return None
 
 
-def _associative_check(info: CallInfo) -> str | None:
-  n = info.B * info.T * info.H * info.K * info.V
-  if n > 2**28:
-    return f"the associative scan materialises every state: B·T·H·K·V = {n} > 2**28"
-  return None
-
-
 CHUNK_GLA.register(Implementation("xla", chunk_gla_xla))
-CHUNK_GLA.register(Implementation("naive", _reference(naive_recurrent_gla)))
-CHUNK_GLA.register(Implementation("associative", _reference(naive_associative_gla),
-                                  check=_associative_check))
-CHUNK_GLA.register(Implementation("parallel", _reference(naive_parallel_gla), check=_parallel_check))
+CHUNK_GLA.register(Implementation("naive", reference(naive_recurrent_gla)))
+CHUNK_GLA.register(Implementation("associative", reference(naive_associative_gla),
+                                  check=associative_check))
+CHUNK_GLA.register(Implementation("parallel", reference(naive_parallel_gla), check=_parallel_check))
 FUSED_RECURRENT_GLA.register(Implementation("xla", fused_recurrent_gla_scan))

@@ -11,7 +11,7 @@ call raises a ValueError with the reason — there is no silent fallback.
 from __future__ import annotations
 
 from pallas_kernels.common.checks import CallInfo, check_simple_gla_inputs
-from pallas_kernels.common.dispatch import Implementation, Op
+from pallas_kernels.common.dispatch import Implementation, Op, associative_check, reference
 from pallas_kernels.simple_gla.chunk import chunk_simple_gla_xla
 from pallas_kernels.simple_gla.fused_recurrent import fused_recurrent_simple_gla_scan
 from pallas_kernels.simple_gla.naive import (naive_associative_simple_gla, naive_parallel_simple_gla,
@@ -113,31 +113,16 @@ def select_impl(info: CallInfo, impl: str = "auto", platform: str | None = None)
 # ------------------------------------------------------------------------------------------------
 
 
-def _reference(fn):
-  def run(info, q, k, v, g=None, *, chunk_size=None, **kw):
-    del info, chunk_size  # references check their own inputs and do not chunk
-    o, ht = fn(q, k, v, g, **kw)
-    return o.astype(v.dtype), ht
-  return run
-
-
 def _parallel_check(info: CallInfo) -> str | None:
   if info.T > 2048:
     return f"the T×T parallel reference holds [T, T] decays per head; T={info.T} > 2048"
   return None
 
 
-def _associative_check(info: CallInfo) -> str | None:
-  n = info.B * info.T * info.H * info.K * info.V
-  if n > 2**28:
-    return f"the associative scan materialises every state: B·T·H·K·V = {n} > 2**28"
-  return None
-
-
 CHUNK_SIMPLE_GLA.register(Implementation("xla", chunk_simple_gla_xla))
-CHUNK_SIMPLE_GLA.register(Implementation("naive", _reference(naive_recurrent_simple_gla)))
-CHUNK_SIMPLE_GLA.register(Implementation("associative", _reference(naive_associative_simple_gla),
-                                         check=_associative_check))
-CHUNK_SIMPLE_GLA.register(Implementation("parallel", _reference(naive_parallel_simple_gla),
+CHUNK_SIMPLE_GLA.register(Implementation("naive", reference(naive_recurrent_simple_gla)))
+CHUNK_SIMPLE_GLA.register(Implementation("associative", reference(naive_associative_simple_gla),
+                                         check=associative_check))
+CHUNK_SIMPLE_GLA.register(Implementation("parallel", reference(naive_parallel_simple_gla),
                                          check=_parallel_check))
 FUSED_RECURRENT_SIMPLE_GLA.register(Implementation("xla", fused_recurrent_simple_gla_scan))
