@@ -4,9 +4,24 @@ of the chunk; packed documents as a chunk-relative document index, as a column a
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 
 from pallas_kernels.common.chunking import chunked_doc_index
+
+
+@dataclasses.dataclass(frozen=True)
+class Dims:
+  """Static sizes of one call's (B, H / hb, N) grid: padded K, V and the heads per block."""
+
+  B: int
+  H: int
+  N: int
+  C: int
+  Kp: int
+  Vp: int
+  hb: int  # heads per block
 
 LANES = 128
 _f32 = jnp.float32

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from pallas_kernels import compat
 from pallas_kernels.common.checks import CallInfo, check_gla_inputs, default_scale
 from pallas_kernels.common.dispatch import Implementation
+from pallas_kernels.common.tpu.layout import Dims as _Dims
 from pallas_kernels.common.tpu.layout import LANES
 from pallas_kernels.common.tpu.layout import doc_layout as _doc_layout
 from pallas_kernels.common.tpu.layout import pad_to as _pad_to
@@ -62,17 +63,6 @@ class TpuOptions:
 # ------------------------------------------------------------------------------------------------
 # pallas_call plumbing
 # ------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Dims:
-  B: int
-  H: int
-  N: int
-  C: int
-  Kp: int
-  Vp: int
-  hb: int  # heads per block
 
 
 def _specs(d: _Dims, reverse: bool):

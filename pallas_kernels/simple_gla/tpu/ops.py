@@ -32,6 +32,7 @@ from pallas_kernels import compat
 from pallas_kernels.common.checks import CallInfo, check_simple_gla_inputs, default_scale
 from pallas_kernels.common.dispatch import Implementation
 from pallas_kernels.common.tpu import state as cst
+from pallas_kernels.common.tpu.layout import Dims as _Dims
 from pallas_kernels.common.tpu.layout import LANES, doc_layout, pad_to, to_kernel_layout, unpack_refs
 from pallas_kernels.common.tpu.tiles import ChunkMasks, chunk_masks
 from pallas_kernels.gla.tpu import model as tpu_model
@@ -62,17 +63,6 @@ class TpuOptions:
   def __post_init__(self):
     if self.gate not in GATES:
       raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Dims:
-  B: int
-  H: int
-  N: int
-  C: int
-  Kp: int
-  Vp: int
-  hb: int  # heads per block
 
 
 # ------------------------------------------------------------------------------------------------
