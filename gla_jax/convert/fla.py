@@ -1,11 +1,15 @@
-"""Read and write fla `GLAForCausalLM` / `TransformerForCausalLM` checkpoints (a local directory with
-config.json and *.safetensors; nothing is downloaded).
+"""Read and write fla checkpoints of every model type we have (a local directory with config.json and
+*.safetensors; nothing is downloaded): gla, transformer, retnet, linear_attn, hgrn2, mamba2 and their
+hybrids (an `attn` spec); our kinds without an fla model (based, hedgehog, lightning) use the same
+format under their own model_type.
 
     model = load_fla_checkpoint("path/to/gla-340M-15B")                 # our GLAForCausalLM
     model = load_fla_checkpoint(path, dtype="bfloat16", param_dtype="bfloat16")
     save_fla_checkpoint(model, "out/dir")                                # loadable by fla / transformers
 
-Names (docs/models.md): `model.embeddings.weight`, `model.layers.{i}.attn_norm.weight`,
+Names (docs/models.md) follow our module paths, renamed where fla's differ (the config's
+`fla_prefix` / `fla_block_names` / `fla_final_norm`, each mixer's `fla_param_names`). For GLA:
+`model.embeddings.weight`, `model.layers.{i}.attn_norm.weight`,
 `…attn.{q,k,v,g,o}_proj.weight`, `…attn.gk_proj.0.weight`, `…attn.gk_proj.1.{weight,bias}`,
 `…attn.g_norm_swish_gate.weight`, `…mlp_norm.weight`, `…mlp.{gate,up,down}_proj.weight`,
 `model.norm.weight`, `lm_head.weight` (absent when tied). torch `nn.Linear.weight` is [out, in]: our
@@ -28,13 +32,24 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from gla_jax.models import GLAConfig, TransformerConfig, build_model
+from gla_jax.layers.mixers import registry
+from gla_jax.models import GLAConfig, ModelConfig, TransformerConfig, build_model
 from gla_jax.models.lm import CausalLM
 
-_JAX_ONLY = ("dtype", "param_dtype", "attn_impl", "chunk_size", "remat")
 # GLAConfig fields fla's GLAConfig cannot express (the layer's hard-wired defaults)
 _GLA_LAYER_FIXED = {"gate_logit_normalizer": 16, "gate_low_rank_dim": 16, "conv_bias": False}
-_ARCH = {GLAConfig: ("gla", "GLAForCausalLM"), TransformerConfig: ("transformer", "TransformerForCausalLM")}
+
+
+def config_classes() -> dict[str, type]:
+  """model_type → our config class, for every kind of the registry."""
+  out = {}
+  for name in registry.KIND_NAMES:
+    try:  # TEMP(lead): kinds still being written
+      cls = registry.config_class(name)
+    except ModuleNotFoundError:
+      continue
+    out.setdefault(cls.model_type, cls)
+  return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -42,26 +57,22 @@ _ARCH = {GLAConfig: ("gla", "GLAForCausalLM"), TransformerConfig: ("transformer"
 # ------------------------------------------------------------------------------------------------
 
 
-def config_from_fla(fla_config: dict[str, Any], **overrides) -> GLAConfig | TransformerConfig:
-  """A fla config.json dict → GLAConfig / TransformerConfig (by `model_type`); `overrides` win.
+def config_from_fla(fla_config: dict[str, Any], **overrides) -> ModelConfig:
+  """A fla config.json dict → our config of its `model_type` (GLAConfig, RetNetConfig, …); `overrides` win.
 
   Keys that are not config fields (transformers metadata, fla-only loss switches) are ignored.
   Raises ValueError for a model type or an option this package does not implement.
   """
   model_type = fla_config.get("model_type", "gla")
-  if model_type == "gla":
-    cls = GLAConfig
-  elif model_type == "transformer":
-    cls = TransformerConfig
-  else:
-    raise ValueError(f"config model_type must be 'gla' or 'transformer', got {model_type!r}")
-  if fla_config.get("attn") is not None:
-    raise ValueError("hybrid models (config 'attn' with softmax-attention layers) are not supported")
+  classes = config_classes()
+  if model_type not in classes:
+    raise ValueError(f"config model_type must be one of {sorted(classes)}, got {model_type!r}")
+  cls = classes[model_type]
   if fla_config.get("attnres_block_size") is not None:
     raise ValueError("attention residuals (config 'attnres_block_size') are not supported")
   if fla_config.get("hidden_act", "swish") not in ("swish", "silu"):
     raise ValueError(f"hidden_act must be 'swish', got {fla_config['hidden_act']!r}")
-  names = {f.name for f in dataclasses.fields(cls)} - set(_JAX_ONLY)
+  names = {f.name for f in dataclasses.fields(cls)} - set(cls.jax_only)
   kwargs = {k: v for k, v in fla_config.items() if k in names}
   if cls is GLAConfig and kwargs.get("attn_mode") in ("fused_chunk", "fused_recurrent"):
     kwargs["attn_mode"] = "chunk"  # every fla GLA kernel computes the same function
@@ -71,20 +82,23 @@ def config_from_fla(fla_config: dict[str, Any], **overrides) -> GLAConfig | Tran
   return cls(**kwargs)
 
 
-def config_to_fla(config: GLAConfig | TransformerConfig, *, torch_dtype: str | None = None) -> dict[str, Any]:
+def config_to_fla(config: ModelConfig, *, torch_dtype: str | None = None) -> dict[str, Any]:
   """Our config → a fla config.json dict (model_type, architectures and the fla fields)."""
-  if type(config) not in _ARCH:
-    raise ValueError(f"config must be a GLAConfig or TransformerConfig, got {type(config).__name__}")
+  if not isinstance(config, ModelConfig):
+    raise ValueError(f"config must be a model config (gla_jax.models.configs), got {type(config).__name__}")
   if isinstance(config, GLAConfig):
     for name, value in _GLA_LAYER_FIXED.items():
       if getattr(config, name) != value:
         raise ValueError(f"fla's GLAConfig cannot express {name}={getattr(config, name)!r} (fla uses {value!r})")
-  model_type, arch = _ARCH[type(config)]
-  out = {"model_type": model_type, "architectures": [arch]}
+  out = {"model_type": config.model_type, "architectures": [config.architecture]}
   for f in dataclasses.fields(config):
-    if f.name in _JAX_ONLY or (isinstance(config, GLAConfig) and f.name in _GLA_LAYER_FIXED):
+    if f.name in config.jax_only or (isinstance(config, GLAConfig) and f.name in _GLA_LAYER_FIXED):
       continue
     out[f.name] = getattr(config, f.name)
+  if config.attn is not None:
+    out["attn"] = [spec.to_dict() for spec in config.attn]
+  else:
+    out.pop("attn")
   out["torch_dtype"] = torch_dtype or str(jnp.dtype(config.param_dtype))
   return out
 
@@ -94,37 +108,33 @@ def config_to_fla(config: GLAConfig | TransformerConfig, *, torch_dtype: str | N
 # ------------------------------------------------------------------------------------------------
 
 
-def _fused_gate_norm(config) -> bool:
-  return (isinstance(config, GLAConfig) and config.use_output_gate and config.fuse_norm
-          and config.hidden_act in ("swish", "silu"))
-
-
 def _fla_name(path: tuple, config) -> tuple[str, str]:
   """Our param path → (fla tensor name, layout) with layout "linear" ([in,out]ᵀ), "conv" or "same"."""
   path = tuple(str(p) for p in path)
+  prefix = config.fla_prefix
   if path == ("embeddings", "embedding"):
-    return "model.embeddings.weight", "same"
+    return f"{prefix}.embeddings.weight", "same"
   if path == ("norm", "weight"):
-    return "model.norm.weight", "same"
+    return f"{prefix}.{config.fla_final_norm}.weight", "same"
   if path == ("lm_head", "kernel"):
     return "lm_head.weight", "linear"
   if len(path) < 4 or path[0] != "layers":
     raise ValueError(f"no fla name for parameter {'/'.join(path)}")
+  layer = int(path[1])
   rest = list(path[2:])
   module, leaf = rest[:-1], rest[-1]
-  if module[-1] == "gk_down":
-    module[-1] = "gk_proj.0"
-  elif module[-1] == "gk_up":
-    module[-1] = "gk_proj.1"
-  elif module[-1] == "g_norm" and _fused_gate_norm(config):
-    module[-1] = "g_norm_swish_gate"
+  if module[0] == "attn":
+    kind = config.layer_kinds()[layer]
+    renames = registry.mixer_class(kind).fla_param_names(config, layer)
+    module[1:] = [renames.get(m, m) for m in module[1:]]
+  module[0] = config.fla_block_names.get(module[0], module[0])
   if leaf == "kernel":
     leaf, layout = "weight", "linear"
-  elif leaf == "weight" and module[-1].endswith("_conv1d"):
+  elif leaf == "weight" and (module[-1].endswith("_conv1d") or module[-1] == "conv1d"):
     layout = "conv"
   else:
     layout = "same"
-  return f"model.layers.{path[1]}." + ".".join([*module, leaf]), layout
+  return f"{prefix}.layers.{layer}." + ".".join([*module, leaf]), layout
 
 
 def _to_fla_layout(x: np.ndarray, layout: str) -> np.ndarray:

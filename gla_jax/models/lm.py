@@ -1,8 +1,12 @@
-"""The causal-LM skeleton shared by the GLA and Transformer++ models (fla's `GLAForCausalLM` layout).
+"""The one causal-LM trunk of every model (fla's `*ForCausalLM` layout); the layers' mixers are data.
 
     h = embeddings[ids]
-    for each block:  h = h + mixer(RMSNorm(h));  h = h + SwiGLU(RMSNorm(h))
+    for each layer i:  h = h + mixer_i(RMSNorm(h));  h = h + SwiGLU(RMSNorm(h))   (no MLP: Mamba-2)
     logits = RMSNorm(h) · W_head           (W_head = embeddingsᵀ when tie_word_embeddings)
+
+mixer_i is the layer of kind `config.layer_kinds()[i]` (gla_jax/layers/mixers/registry.py), built by
+`from_config(config, i)`: a GLAConfig gives GLA layers, a GLAConfig with an `attn` spec a GLA/SWA hybrid,
+a RetNetConfig RetNet layers, and so on. `CausalLM(config)` works for any model config.
 
 Decoding: `init_cache` / `prefill` / `decode_step` / `forward_with_cache` carry a `ModelCache` (one
 cache per layer, and the number of tokens seen); none of them mutate the module, so they jit as pure
@@ -14,12 +18,11 @@ Checks that need values (they cannot raise under jit, where the values are trace
 * a KV cache (Transformer) holds `max_len` positions: going past it raises ValueError when the cache's
   offset is concrete (eager `decode_step`), and gives NaN logits for every row under jit (every later
   step from that cache too). Check `cache.offset < cache.max_len`, or use `generate`, which sizes the
-  cache statically. GLA caches are constant-size and have no limit.
+  cache statically. Recurrent caches (GLA, …) and sliding-window attention's rolling KV cache (window_size
+  slots) are constant-size and have no limit: `ModelCache.max_len` is None when every layer's is.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import flax.struct
 import jax
@@ -28,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from gla_jax.layers.linear import dense, embedding
+from gla_jax.layers.mixers import registry
 from gla_jax.layers.mlp import GatedMLP
 from gla_jax.layers.norm import RMSNorm
 
@@ -38,32 +42,40 @@ _f32 = jnp.float32
 class ModelCache:
   """Decode-time state of a whole model."""
 
-  layers: tuple  # one cache per block (GLALayerCache or KVCache)
+  layers: tuple  # one cache per block (its mixer's: RecurrentCache, KVCache, …)
   offset: jax.Array  # int32 []: tokens processed so far (the next token's position)
 
   @property
   def max_len(self) -> int | None:
-    """Positions the cache can hold (the smallest KV cache's), None when unbounded (GLA)."""
+    """Positions the cache can hold (the smallest KV cache's), None when unbounded (recurrent, SWA)."""
     lens = [c.max_len for c in self.layers if getattr(c, "max_len", None) is not None]
     return min(lens) if lens else None
 
 
 class Block(nnx.Module):
-  """Pre-norm block: h + mixer(norm(h)), then + mlp(norm(·)). h [B, T, D] → [B, T, D]."""
+  """Pre-norm block: h + mixer(norm(h)), then + mlp(norm(·)). h [B, T, D] → [B, T, D].
+
+  Without an MLP (`config.has_mlp` False, Mamba-2's block): h + mixer(norm(h)).
+  """
 
   def __init__(self, mixer: nnx.Module, config, *, rngs: nnx.Rngs):
     dt, pdt = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
     D = config.hidden_size
     self.attn_norm = RMSNorm(D, eps=config.norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
     self.attn = mixer
-    self.mlp_norm = RMSNorm(D, eps=config.norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
-    self.mlp = GatedMLP(D, hidden_ratio=config.hidden_ratio, intermediate_size=config.intermediate_size,
-                        hidden_act=config.hidden_act, init_std=config.initializer_range, dtype=dt,
-                        param_dtype=pdt, rngs=rngs)
+    if config.has_mlp:
+      self.mlp_norm = RMSNorm(D, eps=config.norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
+      self.mlp = GatedMLP(D, hidden_ratio=config.hidden_ratio, intermediate_size=config.intermediate_size,
+                          hidden_act=config.hidden_act, init_std=config.initializer_range, dtype=dt,
+                          param_dtype=pdt, rngs=rngs)
+    else:
+      self.mlp_norm = self.mlp = None
 
   def __call__(self, h: jax.Array, *, segment_ids=None, cache=None, offset=None, return_cache=False):
     o, new_cache = self.attn(self.attn_norm(h), segment_ids=segment_ids, cache=cache, offset=offset,
                              return_cache=return_cache)
+    if self.mlp is None:
+      return h + o.astype(h.dtype), new_cache
     x, h = self.mlp_norm(o, h)  # fla's fused prenorm: norm(o + h), new residual o + h
     return h + self.mlp(x), new_cache
 
@@ -73,7 +85,7 @@ def _block_forward(block: Block, h: jax.Array, segment_ids):
 
 
 class CausalLM(nnx.Module):
-  """Embeddings → blocks → final RMSNorm → lm_head. Subclasses provide `_make_mixer` and `_init_layer_cache`.
+  """Embeddings → blocks (mixer of each layer's kind) → final RMSNorm → lm_head, for any model config.
 
   `model(input_ids [B, T] int, *, segment_ids [B, T] | None) -> logits float32 [B, T, vocab]`.
   Params: embeddings.embedding [vocab, D] (vocab, embed); lm_head.kernel [D, vocab] (embed, vocab)
@@ -85,19 +97,13 @@ class CausalLM(nnx.Module):
     dt, pdt = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
     D, std = config.hidden_size, config.initializer_range
     self.embeddings = embedding(config.vocab_size, D, init_std=std, dtype=dt, param_dtype=pdt, rngs=rngs)
-    self.layers = nnx.List([Block(self._make_mixer(i, rngs), config, rngs=rngs)
-                            for i in range(config.num_hidden_layers)])
+    kinds = config.layer_kinds()
+    self.layers = nnx.List([Block(registry.mixer_class(kind).from_config(config, i, rngs=rngs), config,
+                                  rngs=rngs) for i, kind in enumerate(kinds)])
     self.norm = RMSNorm(D, eps=config.norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
     self.lm_head = (None if config.tie_word_embeddings else
                     dense(D, config.vocab_size, ("embed", "vocab"), init_std=std, dtype=dt,
                           param_dtype=pdt, preferred_element_type=_f32, rngs=rngs))
-
-  # -- subclass hooks -----------------------------------------------------------------------------
-  def _make_mixer(self, layer_idx: int, rngs: nnx.Rngs) -> nnx.Module:
-    raise NotImplementedError
-
-  def _init_layer_cache(self, block: Block, batch_size: int, max_len: int | None) -> Any:
-    raise NotImplementedError
 
   # -- pieces -------------------------------------------------------------------------------------
   def _check_ids(self, input_ids, segment_ids=None, *, name="input_ids") -> None:
@@ -149,7 +155,8 @@ class CausalLM(nnx.Module):
   # -- decoding -----------------------------------------------------------------------------------
   def init_cache(self, batch_size: int, max_len: int | None = None) -> ModelCache:
     """An empty cache for `batch_size` rows (`max_len`: total tokens, needed by KV caches)."""
-    layers = tuple(self._init_layer_cache(b, batch_size, max_len) for b in self.layers)
+    dt = jnp.dtype(self.config.dtype)
+    layers = tuple(b.attn.init_cache(batch_size, max_len, dt) for b in self.layers)
     return ModelCache(layers=layers, offset=jnp.zeros((), jnp.int32))
 
   def forward_with_cache(self, input_ids: jax.Array, cache: ModelCache) -> tuple[jax.Array, ModelCache]:

@@ -10,11 +10,26 @@
 | transformer_tiny   | 64   | 2      | 2     | 256   | yes  | 0.148M   |
 
 Every function takes keyword overrides (`gla_340m(dtype="bfloat16", remat=True)`).
+`tiny(kind)` is the CPU-sized model of any mixer kind (gla_jax/layers/mixers/registry.py), `hybrid_tiny()`
+a GLA model whose second layer is sliding-window attention.
 """
 
 from __future__ import annotations
 
-from gla_jax.models.configs import GLAConfig, TransformerConfig
+from gla_jax.layers.mixers import registry
+from gla_jax.models.configs import GLAConfig, ModelConfig, TransformerConfig
+
+
+def tiny(kind: str, **overrides) -> ModelConfig:
+  """The CPU-sized model of mixer kind `kind` (≈ 0.15M params, vocab 256, 2 layers); overrides win."""
+  k = registry.kind(kind)
+  return registry.config_class(kind).tiny(**{**dict(k.tiny), **overrides})
+
+
+def hybrid_tiny(**overrides) -> GLAConfig:
+  """CPU-sized GLA/SWA hybrid: gla_tiny whose layer 1 is sliding-window attention (window 32, 2 heads)."""
+  attn = {"layers": [1], "num_heads": 2, "window_size": 32}
+  return GLAConfig.tiny(**{"attn": attn, **overrides})
 
 
 def gla_340m(**overrides) -> GLAConfig:
@@ -43,11 +58,9 @@ def transformer_1p3b(**overrides) -> TransformerConfig:
 
 def gla_tiny(**overrides) -> GLAConfig:
   """CPU-sized GLA: hidden 64, 2 layers, 2 heads (head dims 16/32), vocab 256 (bytes), tied."""
-  return GLAConfig(**{**dict(hidden_size=64, num_hidden_layers=2, num_heads=2, vocab_size=256,
-                             tie_word_embeddings=True), **overrides})
+  return GLAConfig.tiny(**overrides)
 
 
 def transformer_tiny(**overrides) -> TransformerConfig:
   """CPU-sized Transformer++: hidden 64, 2 layers, 2 heads of 32, vocab 256 (bytes), tied."""
-  return TransformerConfig(**{**dict(hidden_size=64, num_hidden_layers=2, num_heads=2, vocab_size=256,
-                                     tie_word_embeddings=True), **overrides})
+  return TransformerConfig.tiny(**overrides)

@@ -8,6 +8,9 @@ specification `naive_recurrent_gla`.
 
 from __future__ import annotations
 
+import importlib
+import types
+
 import jax
 import jax.numpy as jnp
 
@@ -132,16 +135,47 @@ def softmax_attention(x, sd, p, cfg, segment_ids=None):
   return linear(o.reshape(B, T, D), sd[p + "o_proj.weight"])
 
 
-def forward(sd, cfg, input_ids, segment_ids=None, kind="gla"):
-  """Logits [B, T, vocab] of fla's model with state dict `sd` (fla names, torch layouts)."""
-  mixer = gla_attention if kind == "gla" else softmax_attention
-  h = sd["model.embeddings.weight"][input_ids]
-  for i in range(cfg.num_hidden_layers):
-    p = f"model.layers.{i}."
-    h = h + mixer(rms_norm(h, sd[p + "attn_norm.weight"], cfg.norm_eps), sd, p + "attn.", cfg, segment_ids)
+def _attn_cfg(cfg, layer_idx):
+  """The softmax-attention settings of layer `layer_idx` (a hybrid's `attn` spec, or the config's own)."""
+  spec = cfg.attn_spec(layer_idx)
+  if spec is None:
+    return cfg
+  return types.SimpleNamespace(num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads, qk_norm=False,
+                               rope_theta=spec.rope_theta, window_size=spec.window_size)
+
+
+def reference_mixer(kind: str):
+  """The fla-named reference of mixer kind `kind`: `fn(x, sd, prefix, cfg, segment_ids, layer_idx)`.
+
+  gla / attention / swa live here; every other kind in tests/gla_jax/refs/<kind>.py as `mixer`.
+  """
+  if kind == "gla":
+    return lambda x, sd, p, cfg, seg, i: gla_attention(x, sd, p, cfg, seg)
+  if kind in ("attention", "swa"):
+    return lambda x, sd, p, cfg, seg, i: softmax_attention(x, sd, p, _attn_cfg(cfg, i), seg)
+  return importlib.import_module(f"tests.gla_jax.refs.{kind}").mixer
+
+
+def forward(sd, cfg, input_ids, segment_ids=None, kind=None):
+  """Logits [B, T, vocab] of fla's model with state dict `sd` (fla names, torch layouts).
+
+  Each layer's mixer is the reference of its kind in `cfg.layer_kinds()` (`kind` is accepted for old
+  callers and ignored). The names are fla's: `cfg.fla_prefix` ("model", Mamba-2's "backbone"), the
+  block's (`attn_norm`/`attn`, Mamba-2's `norm`/`mixer`), MLP-less blocks when not `cfg.has_mlp`.
+  """
+  del kind
+  pre = cfg.fla_prefix
+  names = {"attn_norm": "attn_norm", "attn": "attn", **cfg.fla_block_names}
+  h = sd[f"{pre}.embeddings.weight"][input_ids]
+  for i, layer_kind in enumerate(cfg.layer_kinds()):
+    p = f"{pre}.layers.{i}."
+    x = rms_norm(h, sd[p + names["attn_norm"] + ".weight"], cfg.norm_eps)
+    h = h + reference_mixer(layer_kind)(x, sd, p + names["attn"] + ".", cfg, segment_ids, i)
+    if not cfg.has_mlp:
+      continue
     x = rms_norm(h, sd[p + "mlp_norm.weight"], cfg.norm_eps)
     m = jax.nn.silu(linear(x, sd[p + "mlp.gate_proj.weight"])) * linear(x, sd[p + "mlp.up_proj.weight"])
     h = h + linear(m, sd[p + "mlp.down_proj.weight"])
-  h = rms_norm(h, sd["model.norm.weight"], cfg.norm_eps)
-  head = sd["model.embeddings.weight"] if cfg.tie_word_embeddings else sd["lm_head.weight"]
+  h = rms_norm(h, sd[f"{pre}.{cfg.fla_final_norm}.weight"], cfg.norm_eps)
+  head = sd[f"{pre}.embeddings.weight"] if cfg.tie_word_embeddings else sd["lm_head.weight"]
   return linear(h, head)

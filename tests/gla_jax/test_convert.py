@@ -14,7 +14,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from gla_jax.convert import config_from_fla, config_to_fla, load_fla_checkpoint, save_fla_checkpoint
-from gla_jax.models import GLAConfig, GLAForCausalLM, TransformerForCausalLM, presets
+from gla_jax.models import CausalLM, GLAConfig, GLAForCausalLM, TransformerForCausalLM, presets
 from tests.gla_jax import fla_reference
 from tests.gla_jax.helpers import random_ids, rel_err
 
@@ -62,7 +62,7 @@ def _fla_gla_checkpoint(path, *, tied: bool, fused_gate: bool, seed=0):
 def test_load_fla_named_checkpoint(tmp_path, tied, fused_gate):
   sd = _fla_gla_checkpoint(str(tmp_path), tied=tied, fused_gate=fused_gate)
   model = load_fla_checkpoint(str(tmp_path))
-  assert isinstance(model, GLAForCausalLM)
+  assert isinstance(model, CausalLM) and model.config.layer_kinds() == ("gla",) * model.config.num_hidden_layers
   assert model.config.attn_mode == "chunk" and model.config.tie_word_embeddings == tied
   ids = random_ids((2, 21), 128, seed=3)
   ours = nnx.jit(lambda m, x: m(x))(model, ids)
@@ -114,8 +114,12 @@ def test_errors(tmp_path):
     load_fla_checkpoint(path)
   with pytest.raises(ValueError, match="model_type"):
     config_from_fla({"model_type": "mamba"})
-  with pytest.raises(ValueError, match="hybrid"):
+  with pytest.raises(ValueError, match="num_heads"):  # a hybrid spec needs its heads
     config_from_fla({"model_type": "gla", "attn": {"layers": [1]}})
+  with pytest.raises(ValueError, match="out of range"):
+    config_from_fla({"model_type": "gla", "num_hidden_layers": 2, "attn": {"layers": [2], "num_heads": 2}})
+  hybrid = config_from_fla(config_to_fla(presets.hybrid_tiny()))
+  assert hybrid == presets.hybrid_tiny() and hybrid.layer_kinds() == ("gla", "swa")
   with pytest.raises(ValueError, match="gate_logit_normalizer"):
     config_to_fla(GLAConfig(gate_logit_normalizer=8))
   assert config_from_fla({"model_type": "gla", "attn_mode": "fused_recurrent"}).attn_mode == "chunk"

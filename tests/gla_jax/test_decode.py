@@ -59,7 +59,7 @@ def test_gla_cache_is_constant_size():
   attn = model.layers[0].attn
   assert layer.state.shape == (3, attn.num_heads, attn.head_k_dim, attn.head_v_dim)
   assert layer.state.dtype == jnp.float32
-  assert layer.conv_q.shape == (3, 3, attn.key_dim)
+  assert layer.conv[0].shape == (3, 3, attn.key_dim)  # the q stream's conv tail
   with pytest.raises(ValueError, match="max_len"):
     make_model(presets.transformer_tiny()).init_cache(2)
 

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from gla_jax.layers import LOGICAL_AXES, GatedLinearAttention
-from gla_jax.models import (GLAConfig, GLAForCausalLM, TransformerConfig, TransformerForCausalLM,
+from gla_jax.models import (CausalLM, GLAConfig, GLAForCausalLM, TransformerConfig, TransformerForCausalLM,
                             build_model, presets)
 from tests.gla_jax.helpers import (forward_both, grads_both, make_model, packed_segments, random_ids,
                                    rel_err)
@@ -213,8 +213,14 @@ def test_bfloat16_compute_close_to_float32(kind):
 
 
 def test_build_model_dispatch_and_errors():
-  assert isinstance(make_model(presets.gla_tiny()), GLAForCausalLM)
-  assert isinstance(make_model(presets.transformer_tiny()), TransformerForCausalLM)
+  assert make_model(presets.gla_tiny()).config.layer_kinds() == ("gla", "gla")
+  assert make_model(presets.transformer_tiny()).config.layer_kinds() == ("attention", "attention")
+  assert make_model(presets.hybrid_tiny()).config.layer_kinds() == ("gla", "swa")
+  assert isinstance(GLAForCausalLM(presets.gla_tiny(), rngs=nnx.Rngs(0)), CausalLM)
+  with pytest.raises(ValueError, match="GLAConfig"):
+    GLAForCausalLM(presets.transformer_tiny(), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="TransformerConfig"):
+    TransformerForCausalLM(presets.gla_tiny(), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="config"):
     build_model(dict(hidden_size=64), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="num_kv_heads"):

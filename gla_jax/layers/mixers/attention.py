@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from gla_jax.layers.linear import dense
+from gla_jax.layers.mixers.base import Mixer, config_dtypes
 from gla_jax.layers.norm import RMSNorm
 from pallas_kernels import compat
 from pallas_kernels.common.segments import doc_index, segment_starts
@@ -66,7 +67,7 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return out.astype(x.dtype)
 
 
-class Attention(nnx.Module):
+class Attention(Mixer):
   """Causal softmax attention with RoPE: x [B, T, D] → [B, T, D]. Arguments and defaults are fla's.
 
   Params: q_proj [D, H·d] (embed, heads), k_proj/v_proj [D, Hkv·d] (embed, kv), o_proj [H·d, D]
@@ -74,6 +75,8 @@ class Attention(nnx.Module):
   `impl`: "auto" (cuDNN flash attention on GPU for bf16/fp16 without packed documents, XLA otherwise),
   "xla" or "cudnn".
   """
+
+  kind = "attention"
 
   def __init__(self, hidden_size: int = 2048, *, num_heads: int = 32, num_kv_heads: int | None = None,
                qkv_bias: bool = False, qk_norm: bool = False, window_size: int | None = None,
@@ -103,13 +106,29 @@ class Attention(nnx.Module):
     else:
       self.q_norm = self.k_norm = None
 
-  def init_cache(self, batch_size: int, max_len: int) -> KVCache:
-    """Zero KV cache [B, max_len, Hkv, d] in the compute dtype."""
+  @classmethod
+  def from_config(cls, config, layer_idx: int, *, rngs: nnx.Rngs) -> "Attention":
+    """Layer `layer_idx` of a TransformerConfig, or a hybrid's attention layer (its `attn` spec)."""
+    spec = config.attn_spec(layer_idx)
+    kw = dict(init_std=config.initializer_range, **config_dtypes(config), rngs=rngs)
+    if spec is not None:  # fla's get_attention: the spec's heads/bias/window/theta, defaults otherwise
+      impl = getattr(config, "attention_impl", "auto")
+      return cls(config.hidden_size, num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads,
+                 qkv_bias=spec.qkv_bias, window_size=spec.window_size, rope_theta=spec.rope_theta,
+                 impl=impl, **kw)
+    c = config
+    return cls(c.hidden_size, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, qkv_bias=c.qkv_bias,
+               qk_norm=c.qk_norm, window_size=c.window_size, rope_theta=c.rope_theta, impl=c.attn_impl, **kw)
+
+  def init_cache(self, batch_size: int, max_len: int | None = None, dtype=None) -> KVCache:
+    """Zero KV cache [B, max_len, Hkv, d] in the compute dtype (`dtype` overrides it)."""
+    if max_len is None:
+      raise ValueError("the attention layer's KV cache needs max_len: init_cache(batch_size, max_len)")
     for name, n in (("batch_size", batch_size), ("max_len", max_len)):
       if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"{name} must be a positive int, got {n!r}")
     shape = (batch_size, max_len, self.num_kv_heads, self.head_dim)
-    dt = self.dtype or _f32
+    dt = dtype or self.dtype or _f32
     return KVCache(k=jnp.zeros(shape, dt), v=jnp.zeros(shape, dt))
 
   def _pick_impl(self, dtype, has_mask: bool) -> str:

@@ -1,0 +1,1 @@
+"""Token mixers: one interface (base.Mixer), one registry of kinds (registry.py); docs/models.md."""
