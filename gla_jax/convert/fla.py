@@ -198,6 +198,17 @@ def _split_fused_gate(tensors: dict[str, np.ndarray], config) -> None:
       tensors[name], tensors[up_name] = fused[:F], fused[F:]
 
 
+def _drop_tied_copies(tensors: dict[str, np.ndarray], loaded: dict[str, np.ndarray]) -> None:
+  """A module fla shares between two names (linear attention's feature_map_q / feature_map_k with
+  tie_feature_map_qk) is stored under both; we hold it once, under feature_map_q. The second copy is
+  dropped when it equals the first, and left over (an error) when it does not."""
+  for name in list(tensors):
+    if ".feature_map_k." in name:
+      twin = loaded.get(name.replace(".feature_map_k.", ".feature_map_q."))
+      if twin is not None and twin.shape == tensors[name].shape and np.array_equal(twin, tensors[name]):
+        del tensors[name]
+
+
 def load_fla_checkpoint(path: str, *, dtype=None, param_dtype=None, **config_overrides) -> CausalLM:
   """A fla checkpoint directory → our model (GLAForCausalLM or TransformerForCausalLM).
 
@@ -224,9 +235,10 @@ def load_fla_checkpoint(path: str, *, dtype=None, param_dtype=None, **config_ove
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
   flat = nnx.to_flat_state(params)
   pdt = jnp.dtype(config.param_dtype)
-  missing, new_leaves = [], []
+  missing, new_leaves, loaded = [], [], {}
   for path_, var in flat:
     name, layout = _fla_name(path_, config)
+    loaded[name] = tensors.get(name)
     if name not in tensors:
       missing.append(name)
       continue
@@ -237,6 +249,7 @@ def load_fla_checkpoint(path: str, *, dtype=None, param_dtype=None, **config_ove
     new_leaves.append((path_, var.replace(jnp.asarray(value).astype(pdt))))
   if missing:
     raise ValueError(f"checkpoint {path} lacks {len(missing)} tensors, e.g. {missing[:5]}")
+  _drop_tied_copies(tensors, loaded)
   leftover = [n for n in tensors if not n.endswith("rotary.inv_freq")]
   if leftover:
     raise ValueError(f"checkpoint {path} has {len(leftover)} tensors the model does not use, e.g. {leftover[:5]}")

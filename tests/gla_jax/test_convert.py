@@ -16,7 +16,7 @@ from safetensors.numpy import load_file, save_file
 from gla_jax.convert import config_from_fla, config_to_fla, load_fla_checkpoint, save_fla_checkpoint
 from gla_jax.models import CausalLM, GLAConfig, GLAForCausalLM, TransformerForCausalLM, presets
 from tests.gla_jax import fla_reference
-from tests.gla_jax.helpers import random_ids, rel_err
+from tests.gla_jax.helpers import make_model, random_ids, rel_err
 
 
 def _fla_gla_checkpoint(path, *, tied: bool, fused_gate: bool, seed=0):
@@ -124,3 +124,23 @@ def test_errors(tmp_path):
     config_to_fla(GLAConfig(gate_logit_normalizer=8))
   assert config_from_fla({"model_type": "gla", "attn_mode": "fused_recurrent"}).attn_mode == "chunk"
   assert isinstance(config_from_fla(config_to_fla(presets.transformer_tiny())), type(presets.transformer_tiny()))
+
+
+def test_tied_feature_map_twin_tensors(tmp_path):
+  """fla stores a tied feature map under feature_map_q and feature_map_k: the equal copy is dropped,
+  a different one is an error (never silently ignored)."""
+  cfg = presets.tiny("linear_attn", feature_map="hedgehog", tie_feature_map_qk=True)
+  model = make_model(cfg)
+  path = str(tmp_path / "tied")
+  save_fla_checkpoint(model, path)
+  f = os.path.join(path, "model.safetensors")
+  tensors = load_file(f)
+  twins = {n.replace(".feature_map_q.", ".feature_map_k."): v for n, v in tensors.items() if ".feature_map_q." in n}
+  assert twins
+  save_file({**tensors, **twins}, f)
+  back = load_fla_checkpoint(path)
+  ids = random_ids((2, 12), cfg.vocab_size)
+  np.testing.assert_array_equal(np.asarray(back(ids)), np.asarray(model(ids)))
+  save_file({**tensors, **{n: v + 1 for n, v in twins.items()}}, f)
+  with pytest.raises(ValueError, match="does not use"):
+    load_fla_checkpoint(path)
