@@ -44,10 +44,7 @@ def config_classes() -> dict[str, type]:
   """model_type → our config class, for every kind of the registry."""
   out = {}
   for name in registry.KIND_NAMES:
-    try:  # TEMP(lead): kinds still being written
-      cls = registry.config_class(name)
-    except ModuleNotFoundError:
-      continue
+    cls = registry.config_class(name)
     out.setdefault(cls.model_type, cls)
   return out
 
@@ -118,6 +115,8 @@ def _fla_name(path: tuple, config) -> tuple[str, str]:
     return f"{prefix}.{config.fla_final_norm}.weight", "same"
   if path == ("lm_head", "kernel"):
     return "lm_head.weight", "linear"
+  if path == ("lower_bounds",):  # HGRN2's model-level forget-gate lower bounds [L, D]
+    return f"{prefix}.lower_bounds", "same"
   if len(path) < 4 or path[0] != "layers":
     raise ValueError(f"no fla name for parameter {'/'.join(path)}")
   layer = int(path[1])

@@ -71,17 +71,29 @@ class Block(nnx.Module):
     else:
       self.mlp_norm = self.mlp = None
 
-  def __call__(self, h: jax.Array, *, segment_ids=None, cache=None, offset=None, return_cache=False):
+  def __call__(self, h: jax.Array, *, segment_ids=None, cache=None, offset=None, return_cache=False,
+               **mixer_inputs):
+    """`mixer_inputs`: per-layer inputs from the model (HGRN2's lower bound), passed to the mixer."""
     o, new_cache = self.attn(self.attn_norm(h), segment_ids=segment_ids, cache=cache, offset=offset,
-                             return_cache=return_cache)
+                             return_cache=return_cache, **mixer_inputs)
     if self.mlp is None:
       return h + o.astype(h.dtype), new_cache
     x, h = self.mlp_norm(o, h)  # fla's fused prenorm: norm(o + h), new residual o + h
     return h + self.mlp(x), new_cache
 
 
-def _block_forward(block: Block, h: jax.Array, segment_ids):
-  return block(h, segment_ids=segment_ids)[0]
+def _block_forward(block: Block, h: jax.Array, segment_ids, mixer_inputs):
+  return block(h, segment_ids=segment_ids, **mixer_inputs)[0]
+
+
+def _remat(fn, config):
+  """`fn` rematerialised per `config.remat` / `config.remat_policy` (remat False or policy "none": as is)."""
+  policy = getattr(config, "remat_policy", "full")
+  if not config.remat or policy == "none":
+    return fn
+  if policy == "full":
+    return nnx.remat(fn)
+  return nnx.remat(fn, policy=getattr(jax.checkpoint_policies, policy))
 
 
 class CausalLM(nnx.Module):
@@ -100,10 +112,23 @@ class CausalLM(nnx.Module):
     kinds = config.layer_kinds()
     self.layers = nnx.List([Block(registry.mixer_class(kind).from_config(config, i, rngs=rngs), config,
                                   rngs=rngs) for i, kind in enumerate(kinds)])
+    if getattr(config, "use_lower_bound", False):  # HGRN2: fla's model-level lower_bounds [L, D]
+      from gla_jax.layers.mixers.hgrn2 import init_lower_bounds  # pylint: disable=g-import-not-at-top
+      self.lower_bounds = init_lower_bounds(config.num_hidden_layers, D, param_dtype=pdt, rngs=rngs)
+    else:
+      self.lower_bounds = None
     self.norm = RMSNorm(D, eps=config.norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
     self.lm_head = (None if config.tie_word_embeddings else
                     dense(D, config.vocab_size, ("embed", "vocab"), init_std=std, dtype=dt,
                           param_dtype=pdt, preferred_element_type=_f32, rngs=rngs))
+
+  def _mixer_inputs(self) -> list[dict]:
+    """Per-layer extra mixer inputs: HGRN2 layers get their row of the model's lower bounds."""
+    if self.lower_bounds is None:
+      return [{} for _ in self.layers]
+    from gla_jax.layers.mixers.hgrn2 import layer_lower_bounds  # pylint: disable=g-import-not-at-top
+    lb = layer_lower_bounds(self.lower_bounds[...])
+    return [{"lower_bound": lb[i]} if k == "hgrn2" else {} for i, k in enumerate(self.config.layer_kinds())]
 
   # -- pieces -------------------------------------------------------------------------------------
   def _check_ids(self, input_ids, segment_ids=None, *, name="input_ids") -> None:
@@ -143,9 +168,9 @@ class CausalLM(nnx.Module):
     """[B, T] token ids → final-normed hidden states [B, T, D] in the compute dtype."""
     self._check_ids(input_ids, segment_ids)
     h = self._embed(input_ids)
-    step = nnx.remat(_block_forward) if self.config.remat else _block_forward
-    for block in self.layers:
-      h = step(block, h, segment_ids)
+    step = _remat(_block_forward, self.config)
+    for block, extra in zip(self.layers, self._mixer_inputs()):
+      h = step(block, h, segment_ids, extra)
     return self.norm(h)
 
   def __call__(self, input_ids: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
@@ -174,8 +199,8 @@ class CausalLM(nnx.Module):
                        f"{leaves[0].shape[0]}")
     h = self._embed(input_ids)
     new_layers = []
-    for block, layer_cache in zip(self.layers, cache.layers):
-      h, c = block(h, cache=layer_cache, offset=cache.offset, return_cache=True)
+    for block, layer_cache, extra in zip(self.layers, cache.layers, self._mixer_inputs()):
+      h, c = block(h, cache=layer_cache, offset=cache.offset, return_cache=True, **extra)
       new_layers.append(c)
     logits = self.logits(self.norm(h))
     return logits, ModelCache(layers=tuple(new_layers), offset=cache.offset + input_ids.shape[1])

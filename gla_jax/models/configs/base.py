@@ -24,6 +24,10 @@ from gla_jax.layers.activations import ACTIVATION_NAMES
 from gla_jax.layers.mlp import mlp_intermediate_size
 
 _DTYPES = ("float32", "bfloat16", "float16")
+# what a rematerialised block saves for its backward (gla_jax/models/lm.py): "full" and
+# "nothing_saveable" keep only the block's input (everything recomputed); "dots_saveable" and
+# "dots_with_no_batch_dims_saveable" also keep matmul outputs (jax.checkpoint_policies); "none": no remat
+REMAT_POLICIES = ("full", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable", "none")
 
 
 def _check_common(cfg) -> None:
@@ -49,6 +53,8 @@ def _check_common(cfg) -> None:
   _check_real(cfg, "hidden_ratio", positive=True, optional=True)
   _check_real(cfg, "norm_eps", positive=True)
   _check_real(cfg, "initializer_range", positive=False)
+  if getattr(cfg, "remat_policy", "full") not in REMAT_POLICIES:
+    raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {cfg.remat_policy!r}")
   for name in ("elementwise_affine", "tie_word_embeddings", "remat", "use_cache"):
     if not hasattr(cfg, name):
       continue
@@ -181,7 +187,8 @@ class ModelConfig:
   fla_prefix: ClassVar[str] = "model"  # fla's name of the trunk module ("backbone" for Mamba-2)
   fla_block_names: ClassVar[dict[str, str]] = {}  # our Block attribute → fla's ("attn" → "mixer")
   fla_final_norm: ClassVar[str] = "norm"  # fla's name of the final norm ("norm_f" for Mamba-2)
-  jax_only: ClassVar[tuple[str, ...]] = ("dtype", "param_dtype", "attn_impl", "chunk_size", "remat")
+  jax_only: ClassVar[tuple[str, ...]] = ("dtype", "param_dtype", "attn_impl", "chunk_size", "remat",
+                                          "remat_policy")
   tiny_defaults: ClassVar[dict[str, Any]] = {}  # presets.tiny(kind): the CPU-sized model of the kind
 
   vocab_size: int = 32000
@@ -207,6 +214,7 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype (activations); logits are float32
   param_dtype: str = "float32"  # parameter storage dtype
   remat: bool = False  # rematerialise each block in the backward pass (nnx.remat)
+  remat_policy: str = "full"  # with remat: what a block keeps for the backward (REMAT_POLICIES; "none": no remat)
 
   def __post_init__(self):
     _check_common(self)
