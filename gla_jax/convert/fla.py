@@ -54,12 +54,25 @@ def config_classes() -> dict[str, type]:
 # ------------------------------------------------------------------------------------------------
 
 
+def _decode_floats(value):
+  """transformers writes non-finite floats in config.json as {"__float__": "Infinity"} (and -Infinity,
+  NaN); read them back as floats, inside lists too."""
+  if isinstance(value, dict):
+    if set(value) == {"__float__"}:
+      return float(value["__float__"])
+    return {k: _decode_floats(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_decode_floats(v) for v in value]
+  return value
+
+
 def config_from_fla(fla_config: dict[str, Any], **overrides) -> ModelConfig:
   """A fla config.json dict → our config of its `model_type` (GLAConfig, RetNetConfig, …); `overrides` win.
 
   Keys that are not config fields (transformers metadata, fla-only loss switches) are ignored.
   Raises ValueError for a model type or an option this package does not implement.
   """
+  fla_config = _decode_floats(fla_config)
   model_type = fla_config.get("model_type", "gla")
   classes = config_classes()
   if model_type not in classes:

@@ -144,3 +144,9 @@ def test_tied_feature_map_twin_tensors(tmp_path):
   save_file({**tensors, **{n: v + 1 for n, v in twins.items()}}, f)
   with pytest.raises(ValueError, match="does not use"):
     load_fla_checkpoint(path)
+
+
+def test_transformers_float_encoding_in_config():
+  """transformers' config.json writes inf as {"__float__": "Infinity"} (Mamba-2's dt_limit)."""
+  cfg = config_from_fla({**config_to_fla(presets.tiny("mamba2")), "dt_limit": [0.0, {"__float__": "Infinity"}]})
+  assert cfg.dt_limit[1] == float("inf")
