@@ -9,7 +9,8 @@ second call with the same model structure and shapes does not recompile. There i
 token. All rows share one prompt length (no left padding).
 
 Every argument is checked before tracing (one ValueError naming it), so nothing inside the jitted loop
-can go out of range: the KV cache is sized statically (`max_len`, default T + max_new_tokens) and
+can go out of range: a full-attention KV cache is sized statically (`max_len`, default T + max_new_tokens;
+recurrent and sliding-window caches are constant-size and have no limit) and
 the prompt's token ids must lie in [0, vocab_size).
 """
 
@@ -90,6 +91,15 @@ def _check_rng(rng) -> None:
   raise ValueError(f"rng must be one PRNG key, e.g. jax.random.key(0), got {rng!r}")
 
 
+def _cache_is_bounded(model) -> bool:
+  """Whether the model's decode cache holds a limited number of tokens (a full-attention KV cache);
+  False when every layer's cache is constant-size (recurrent state, SWA's rolling window). Nothing is
+  allocated."""
+  if not hasattr(model, "init_cache"):
+    return True
+  return jax.eval_shape(lambda: model.init_cache(1, 1)).max_len is not None
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "max_len", "top_k", "use_top_p", "greedy",
                                              "eos_token_id"))
 def _generate(graphdef, state, prompt_ids, rng, temperature, top_p, *, max_new_tokens, max_len, top_k,
@@ -140,8 +150,10 @@ def generate(model: nnx.Module, prompt_ids: jax.Array, *, max_new_tokens: int, r
     top_p: nucleus mass in (0, 1], or None.
     greedy: argmax decoding (ignores rng, temperature, top_k, top_p).
     eos_token_id: once a row emits it, the row emits only it; the loop stops when every row has.
-    max_len: the KV cache's length (Transformer), default T + max_new_tokens; a request that would pass
-      it (T + max_new_tokens > max_len) raises ValueError before anything runs.
+    max_len: the KV cache's length (full attention), default T + max_new_tokens; a request that would
+      pass it (T + max_new_tokens > max_len) raises ValueError before anything runs. Ignored when no
+      layer has a full-attention KV cache (GLA and the other recurrent kinds, sliding-window attention:
+      their caches are constant-size, so any number of tokens can be generated).
   """
   if not hasattr(prompt_ids, "ndim") or prompt_ids.ndim != 2 or 0 in prompt_ids.shape:
     raise ValueError(f"prompt_ids must be an int array [B, T] with B, T >= 1, got shape "
@@ -156,6 +168,8 @@ def generate(model: nnx.Module, prompt_ids: jax.Array, *, max_new_tokens: int, r
   T = prompt_ids.shape[1]
   max_new_tokens = _int_arg("max_new_tokens", max_new_tokens, 1)
   max_len = T + max_new_tokens if max_len is None else _int_arg("max_len", max_len, 1)
+  if not _cache_is_bounded(model):  # recurrent / sliding-window caches: max_len means nothing
+    max_len = T + max_new_tokens
   if T + max_new_tokens > max_len:
     raise ValueError(f"max_len={max_len} is too short for the prompt ({T}) + max_new_tokens "
                      f"({max_new_tokens}) = {T + max_new_tokens} tokens")

@@ -106,6 +106,7 @@ class TrainConfig:
   model: Any  # model config dataclass (gla_jax.models); its dtype / param_dtype / remat fields apply
   steps: int = 1000  # optimizer steps
   grad_accum: int = 1  # micro-batches per step (batch_size must divide by grad_accum * data * fsdp)
+  loss_chunk: int = 1024  # chunked cross-entropy: ~tokens per device per chunk (train/losses.py); 0 = full logits
   seed: int = 0  # parameter init seed
   mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
   optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -316,7 +317,8 @@ _SEED_MAX = 2**32 - 1  # grain's shuffle and numpy's SeedSequence take seeds in 
 # dotted key -> (low, high, low_open, high_open) for every number of the tree outside `model` (the model
 # config checks its own fields); a bound of None is no bound, and every float must be finite.
 RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    "steps": (1, None, False, False), "grad_accum": (1, None, False, False), "seed": (0, _SEED_MAX, False, False),
+    "steps": (1, None, False, False), "grad_accum": (1, None, False, False), "loss_chunk": (0, None, False, False),
+    "seed": (0, _SEED_MAX, False, False),
     "eval_every": (0, None, False, False), "eval_batches": (1, None, False, False),
     "log_every": (1, None, False, False),
     "optim.lr": (0, None, True, False), "optim.warmup_steps": (0, None, False, False),
@@ -410,19 +412,45 @@ def _check_range(key: str, value: Any, low, high, low_open: bool, high_open: boo
     raise ConfigError(f"{key}={value}: must be {' and '.join(x for x in (lo, hi) if x)}")
 
 
+# the op each kind's layers run (registry.MixerKind.op, "name(gate form)") → its pallas_kernels Op object
+_OPS = {"chunk_gla": "pallas_kernels.gla.ops:CHUNK_GLA",
+        "chunk_simple_gla": "pallas_kernels.simple_gla.ops:CHUNK_SIMPLE_GLA",
+        "chunk_linear_attn": "pallas_kernels.linear_attn.ops:CHUNK_LINEAR_ATTN"}
+_ATTENTION_IMPLS = ("auto", "xla", "cudnn")  # jax.nn.dot_product_attention (attention, swa)
+
+
 def check_platform(config: TrainConfig, platform: str) -> None:
-  """An explicit `model.attn_impl` that cannot run on this platform (Triton on CPU, cuDNN off GPU)."""
-  impl = getattr(config.model, "attn_impl", "auto")
+  """An explicit `model.attn_impl` that is not an implementation of the op the model's native kind runs
+  (gla_jax/layers/mixers/registry.py: chunk_gla, chunk_simple_gla, chunk_linear_attn or softmax
+  attention), or that cannot run on `platform` (Triton off GPU, TPU kernels off TPU, cuDNN off GPU).
+
+  Example: a RetNetConfig (chunk_simple_gla) with attn_impl="triton" passes on "gpu", raises ConfigError
+  on "cpu"; attn_impl="cudnn" raises everywhere (not a chunk_simple_gla implementation).
+  """
+  import importlib  # pylint: disable=g-import-not-at-top
+  from gla_jax.layers.mixers import registry  # pylint: disable=g-import-not-at-top
+  model = config.model
+  impl = getattr(model, "attn_impl", "auto")  # a config without the field runs its op's "auto"
   if impl == "auto":
     return
-  if type(config.model).__name__ == "TransformerConfig":
+  kind = getattr(type(model), "kind", "")
+  op_name = registry.kind(kind).op.split("(")[0] if kind in registry.KINDS else ""
+  what = f"{type(model).__name__}'s kind {kind!r}"
+  if op_name == "dot_product_attention":
+    if impl not in _ATTENTION_IMPLS:
+      raise ConfigError(f"model.attn_impl={impl!r}: expected one of {', '.join(_ATTENTION_IMPLS)} "
+                        f"(softmax attention, {what})")
     if impl == "cudnn" and platform != "gpu":
       raise ConfigError(f"model.attn_impl='cudnn' needs an NVIDIA GPU, this is {platform} (use auto or xla)")
     return
-  from pallas_kernels.gla.ops import CHUNK_GLA  # pylint: disable=g-import-not-at-top
-  candidate = CHUNK_GLA.lookup(impl)
+  if op_name not in _OPS:
+    raise ConfigError(f"model.attn_impl={impl!r}: no op is known for {what}, so it cannot be checked; use auto")
+  module, _, attr = _OPS[op_name].partition(":")
+  op = getattr(importlib.import_module(module), attr)
+  candidate = op.lookup(impl)
   if candidate is None:
-    raise ConfigError(f"model.attn_impl={impl!r}: expected auto or one of {', '.join(CHUNK_GLA.available_impls())}")
+    raise ConfigError(f"model.attn_impl={impl!r}: expected auto or one of {', '.join(op.available_impls())} "
+                      f"(the implementations of {op.name}, the op of {what})")
   if platform not in candidate.platforms:
     raise ConfigError(f"model.attn_impl={impl!r} runs on {', '.join(sorted(candidate.platforms))}, "
                       f"not on {platform} (use auto, which picks the platform's best)")
