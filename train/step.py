@@ -2,7 +2,9 @@
 
 Batch: {"inputs" int32 [B, T], "targets" int32 [B, T], "mask" bool [B, T], optional "segment_ids" int32
 [B, T]}. The loss is the mean cross-entropy over the positions where `mask` is True (all tokens for text, the
-query positions for MQAR), computed in float32 from float32 logits.
+query positions for MQAR), computed in float32 from float32 logits. With `loss_chunk` > 0 (the default,
+TrainConfig.loss_chunk) the logits are formed chunk by chunk from the final hidden states and never exist
+as one [B, T, vocab] array (train/losses.py); 0 gives the full-logits form.
 
 Gradient accumulation splits the global batch into `grad_accum` micro-batches (row i goes to micro-batch
 i mod A, so every micro-batch keeps the batch sharding) and sums gradients of Σ ce · mask / N_total, which
@@ -20,35 +22,38 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from train import losses
 from train import mesh as mesh_lib
+from train.losses import cross_entropy_sums  # noqa: F401  (re-exported: the full-logits form)
 from train.state import ModelDef, TrainState
 
 Batch = dict[str, jax.Array]
 
 
-def cross_entropy_sums(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-  """Σ ce, Σ correct and the token count over `mask`. logits [B, T, V] float32; targets, mask [B, T]."""
-  logits = logits.astype(jnp.float32)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, T]
-  mask = mask.astype(jnp.float32)
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-  return {"loss_sum": jnp.sum(ce * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
-
-
-def _forward_sums(model_def: ModelDef, params: Any, batch: Batch) -> dict[str, jax.Array]:
+def _forward_sums(model_def: ModelDef, params: Any, batch: Batch, loss_chunk: int = 0,
+                  batch_shards: int = 1) -> dict[str, jax.Array]:
   model = model_def.merge(params)
-  logits = model(batch["inputs"], segment_ids=batch.get("segment_ids"))  # [B, T, V] float32
-  return cross_entropy_sums(logits, batch["targets"], batch["mask"])
+  return losses.lm_cross_entropy_sums(model, batch, loss_chunk=loss_chunk, batch_shards=batch_shards)
+
+
+def _check_loss_chunk(loss_chunk: int) -> int:
+  if isinstance(loss_chunk, bool) or not isinstance(loss_chunk, int) or loss_chunk < 0:
+    raise ValueError(f"loss_chunk must be an int >= 0 (0: full logits), got {loss_chunk!r}")
+  return loss_chunk
 
 
 def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, mesh: Mesh,
-                    state_shardings: TrainState, grad_accum: int = 1):
-  """Returns `train_step(state, batch) -> (state, metrics)`, jitted with the state donated."""
+                    state_shardings: TrainState, grad_accum: int = 1, loss_chunk: int = 1024):
+  """Returns `train_step(state, batch) -> (state, metrics)`, jitted with the state donated.
+
+  loss_chunk: tokens per device per chunk of the chunked cross-entropy (0: full logits).
+  """
   batch_sh = mesh_lib.batch_sharding(mesh)
   rep = NamedSharding(mesh, P())
+  loss_chunk, shards = _check_loss_chunk(loss_chunk), mesh_lib.batch_split(mesh)
 
   def loss_fn(params, micro, total_count):
-    sums = _forward_sums(model_def, params, micro)
+    sums = _forward_sums(model_def, params, micro, loss_chunk, shards)
     return sums["loss_sum"] / total_count, sums
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -114,13 +119,14 @@ def _micro_batches(x: jax.Array, accum: int, batch_sh: NamedSharding) -> jax.Arr
   return jax.lax.with_sharding_constraint(y, NamedSharding(batch_sh.mesh, spec))
 
 
-def make_eval_step(model_def: ModelDef, mesh: Mesh, params_shardings: Any):
+def make_eval_step(model_def: ModelDef, mesh: Mesh, params_shardings: Any, loss_chunk: int = 1024):
   """Returns `eval_step(params, batch) -> sums` (Σ ce, Σ correct, count) for aggregation over batches."""
   batch_sh = mesh_lib.batch_sharding(mesh)
   rep = NamedSharding(mesh, P())
+  loss_chunk, shards = _check_loss_chunk(loss_chunk), mesh_lib.batch_split(mesh)
 
   def eval_step(params, batch):
-    return _forward_sums(model_def, params, batch)
+    return _forward_sums(model_def, params, batch, loss_chunk, shards)
 
   return _under_mesh(jax.jit(eval_step, in_shardings=(params_shardings, batch_sh), out_shardings=rep), mesh)
 

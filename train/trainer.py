@@ -71,8 +71,9 @@ class Trainer:
     self.resumed_from: int | None = None
     self._data_state = None  # the train source's position after the last consumed batch
     self._train_step = step_lib.make_train_step(self.model_def, self.tx, self.mesh, self.shardings,
-                                                config.grad_accum)
-    self._eval_step = step_lib.make_eval_step(self.model_def, self.mesh, self.shardings.params)
+                                                config.grad_accum, loss_chunk=config.loss_chunk)
+    self._eval_step = step_lib.make_eval_step(self.model_def, self.mesh, self.shardings.params,
+                                              loss_chunk=config.loss_chunk)
 
   # ---------------------------------------------------------------------------------------------- state
 
