@@ -16,6 +16,8 @@ a GLA model whose second layer is sliding-window attention.
 
 from __future__ import annotations
 
+import importlib
+
 from gla_jax.layers.mixers import registry
 from gla_jax.models.configs import GLAConfig, ModelConfig, TransformerConfig
 
@@ -24,6 +26,17 @@ def tiny(kind: str, **overrides) -> ModelConfig:
   """The CPU-sized model of mixer kind `kind` (≈ 0.15M params, vocab 256, 2 layers); overrides win."""
   k = registry.kind(kind)
   return registry.config_class(kind).tiny(**{**dict(k.tiny), **overrides})
+
+
+def preset_340m(kind: str, **overrides) -> ModelConfig:
+  """The 340M-class model of mixer kind `kind` (fla's published shape where fla has one; see each config
+  module's `preset_340m`); gla / attention / swa: gla_340m, transformer_340m (swa: window 2048)."""
+  if kind == "gla":
+    return gla_340m(**overrides)
+  if kind in ("attention", "swa"):
+    return transformer_340m(**({"window_size": 2048} if kind == "swa" else {}), **overrides)
+  module = importlib.import_module(registry.kind(kind).config.split(":")[0])
+  return module.preset_340m(**overrides)
 
 
 def hybrid_tiny(**overrides) -> GLAConfig:
