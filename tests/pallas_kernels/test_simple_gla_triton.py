@@ -1,8 +1,9 @@
 """The Pallas Triton simple-GLA kernels against the specification (interpret mode on CPU).
 
 Outputs, final state and every gradient (dq, dk, dv, dg, dh0) for each gate kind (per-token scalar g,
-constant g_gamma, none) on small shapes: T ∈ {1, 63, 64, 130}, K ≠ V (and padded K, V), packed documents
-whose ids repeat later, initial states, f32 and bf16, strong decay (≈ −20 per token) and −inf entries,
+constant g_gamma, none) on small shapes: T ∈ {1, 63, 64, 130}, K ≠ V (and padded K, V, 192 among them:
+tiles that must not be 128 wide), packed documents whose ids repeat later, initial states, f32 and bf16,
+strong decay (≈ −20 per token) and −inf entries,
 the two-phase scan state passes and the sequence-parallel forward (forced through BlockSizes); input
 errors. The reference is GLA's float32 `naive_recurrent_gla` with g broadcast over K (and simple GLA's
 own naive spec where it exists).
@@ -118,6 +119,12 @@ CASES = [
      dict(fwd_bk=64, grads_bk=64)),
     ("constant_bf16_scan", Case(T=70, K=32, V=48, gate="constant", dtype="bfloat16"), SCAN),
     ("none_T64_seg", Case(T=64, K=16, V=32, gate="none", seg=True), {}),
+    # K or V padded to 192 (not a multiple of the 128-wide default tiles; Based's K = 153): once
+    # skipped the last 64 columns (non-finite dq, dk; wrong dv; wrong o at V = 128)
+    ("none_k160", Case(T=40, K=160, V=16, gate="none", h0=False, H=1), {}),
+    ("none_k153_v128", Case(T=40, K=153, V=128, gate="none", H=1), {}),
+    ("scalar_k153_seg", Case(T=70, K=153, V=16, seg=True, H=1), {}),
+    ("scalar_k160_v160", Case(T=40, K=160, V=160, h0=False, H=1), {}),
 ]
 
 
@@ -167,6 +174,24 @@ class InputTest(parameterized.TestCase):
     assert "K and V must be at most 512" in check_call(info)
     with pytest.raises(ValueError, match="at most 512"):
       chunk_simple_gla_triton(q, q, jnp.zeros((1, 8, 1, 16)), interpret=True)
+
+
+def test_default_tiles_divide_padded_dims():  # the kernels run dim // tile tiles
+  for K in range(1, 513, 7):
+    for V in (16, 100, 128, 160, 192, 320, 448, 512):
+      Kp, Vp = padded_dim(K), padded_dim(V)
+      for BH, T in ((1, 64), (256, 64), (2, 8192)):
+        b = BlockSizes.get_default(BH, 1, Kp, Vp, T)
+        for f in dataclasses.fields(b):
+          if f.name.endswith(("_bk", "_bv")):
+            assert (Kp if f.name.endswith("_bk") else Vp) % getattr(b, f.name) == 0, (K, V, f.name)
+
+
+def test_tile_that_does_not_divide_is_an_error():
+  q = jnp.zeros((1, 8, 1, 160))
+  blocks = dataclasses.replace(BlockSizes.get_default(1, 1, 192, 16, 64), grads_bk=128)
+  with pytest.raises(ValueError, match="grads_bk=128 must divide the padded K=192"):
+    chunk_simple_gla_triton(q, q, jnp.zeros((1, 8, 1, 16)), interpret=True, block_sizes=blocks)
 
 
 def test_rel_err_helper_sees_nan():  # the bounds above fail on NaN (rel_err propagates it)

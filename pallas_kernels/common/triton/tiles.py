@@ -36,6 +36,15 @@ def padded_dim(d: int) -> int:
   return max(16, _pow2_at_least(d)) if d <= 64 else -(-d // 64) * 64
 
 
+def fit_tile(d: int, cap: int) -> int:
+  """The widest power-of-two tile ≤ cap that divides the padded dim d. The kernels loop or grid over
+  d // tile tiles, so a tile that does not divide d (128 for d = 192, 320, 448) would skip columns."""
+  t = 1 << (max(1, min(d, cap)).bit_length() - 1)
+  while d % t:
+    t //= 2
+  return t
+
+
 def pad_axis(x, axis: int, size: int, mode: str = "constant"):
   """x zero-padded (or edge-padded) along `axis` to `size`."""
   if x.shape[axis] == size:

@@ -30,7 +30,7 @@ from jax import lax
 from pallas_kernels import compat
 # op-agnostic tile helpers, shared with the other ops' kernels (re-exported for fwd.py / bwd.py)
 from pallas_kernels.common.triton.tiles import (  # noqa: F401
-    C, F32, SCAN_MIN_CHUNKS, ChunkDocs, block_mask, carry_mask, causal, chunk_docs, iota2, last_row,
+    C, F32, SCAN_MIN_CHUNKS, ChunkDocs, fit_tile, block_mask, carry_mask, causal, chunk_docs, iota2, last_row,
     load, masked, mm, mm_sum, padded_dim, pl, row_in, row_out, rows)
 
 S_FINE = 16  # sub-chunk of the two-level path (and the minimum Triton dot size)
@@ -89,7 +89,7 @@ class BlockSizes:
     From `SCAN_MIN_CHUNKS` chunks on, the state passes are two-phase scans (scan.py): at
     2,8192,16,128,128 0.32 vs 0.75 ms each; the sequence-parallel forward's chunk_output then takes
     128-wide V tiles and 4 warps (0.70 vs 1.03 ms forward there)."""
-    bv = min(V, 128, max(16, 16384 // K))
+    bv = fit_tile(V, min(128, max(16, 16384 // K)))  # every tile divides its padded dim (192 → 64)
     while bv > 32 and B * H * (V // bv) < 120:
       bv //= 2
     waves = -(-(B * H * (V // bv)) // 132)
@@ -100,10 +100,10 @@ class BlockSizes:
     state_scan = -(-T // C) >= SCAN_MIN_CHUNKS
     return cls(fwd_bk=min(K, 64), fwd_bv=bv, fwd_warps=8,
                state_bk=sbk, state_bv=sbv, state_warps=4,
-               grads_bk=min(K, 128), grads_bv=min(V, 128),
+               grads_bk=fit_tile(K, 128), grads_bv=fit_tile(V, 128),
                grads_warps=4 if max(K, V) <= 128 else 8,
                dqk_bk=min(K, 32), dqk_bv=min(V, 64), dv_bk=min(K, 64), dv_bv=min(V, 64),
-               out_bv=min(V, 128), fwd_parallel=fwd_parallel, state_scan=state_scan,
+               out_bv=fit_tile(V, 128), fwd_parallel=fwd_parallel, state_scan=state_scan,
                scan_sum_bk=min(K, 64), scan_sum_bv=min(V, 64), scan_bk=min(K, 32), scan_bv=min(V, 64))
 
 

@@ -8,7 +8,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from pallas_kernels import compat
-from pallas_kernels.common.triton.tiles import C, F32, SCAN_MIN_CHUNKS
+from pallas_kernels.common.triton.tiles import C, F32, SCAN_MIN_CHUNKS, fit_tile
 
 GATES = ("scalar", "constant", "none")  # the simple-GLA gate kinds (common/triton/gates.py)
 
@@ -50,8 +50,9 @@ class BlockSizes:
     8,2048,16,128,128 fused 0.26 vs 0.28 ms). chunk_grads tiles K and V by 64 with 4 warps up to
     K = V = 128 (0.75 vs 0.92 ms fwd+bwd with 128-wide tiles at 8,2048,16,128,128) and by 128 with
     8 warps above (1.05 vs 1.51 ms at 8,2048,4,256,512). Two-phase state scans from
-    `SCAN_MIN_CHUNKS` chunks on (at 32 chunks the sequential passes win: 0.75 vs 0.91 ms)."""
-    bv = min(V, 128, max(16, 16384 // K))
+    `SCAN_MIN_CHUNKS` chunks on (at 32 chunks the sequential passes win: 0.75 vs 0.91 ms). Every
+    tile divides its dim (`fit_tile`: 64, not 128, at K or V = 192, 320, 448)."""
+    bv = fit_tile(V, min(128, max(16, 16384 // K)))
     while bv > 32 and B * H * (V // bv) < 120:
       bv //= 2
     waves = -(-(B * H * (V // bv)) // 132)
@@ -63,8 +64,8 @@ class BlockSizes:
     gt = 128 if wide else 64
     return cls(fwd_bk=min(K, 64), fwd_bv=bv, fwd_warps=4 if K * bv <= 8192 else 8,
                state_bk=sbk, state_bv=sbv, state_warps=4,
-               grads_bk=min(K, gt), grads_bv=min(V, gt), grads_warps=8 if wide else 4,
-               out_bv=min(V, 128), fwd_parallel=n_chunks * waves >= 64,
+               grads_bk=fit_tile(K, gt), grads_bv=fit_tile(V, gt), grads_warps=8 if wide else 4,
+               out_bv=fit_tile(V, 128), fwd_parallel=n_chunks * waves >= 64,
                state_scan=n_chunks >= SCAN_MIN_CHUNKS,
                scan_sum_bk=min(K, 64), scan_sum_bv=min(V, 64), scan_bk=min(K, 32),
                scan_bv=min(V, 64))

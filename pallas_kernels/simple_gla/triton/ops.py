@@ -28,6 +28,7 @@ or the input dtype, float32 states. `chunk_size` is accepted for the contract; t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -133,6 +134,7 @@ def prepare(info: CallInfo, q, k, v, g=None, *, g_gamma=None, scale=None, initia
   B, T, H, K, V = info.B, info.T, info.H, info.K, info.V
   Tp, Kp, Vp = -(-T // C) * C, padded_dim(K), padded_dim(V)
   blocks = block_sizes or BlockSizes.get_default(B, H, Kp, Vp, Tp)
+  check_blocks(blocks, Kp, Vp)
   if state_dtype is None:  # bf16 inputs: bf16 states (their products are rounded to bf16 anyway)
     state_dtype = "bfloat16" if q.dtype == jnp.bfloat16 else "float32"
   opts = KernelOptions(scale=default_scale(scale, K), B=B, H=H, T=Tp, K=Kp, V=Vp,
@@ -153,6 +155,16 @@ def prepare(info: CallInfo, q, k, v, g=None, *, g_gamma=None, scale=None, initia
   if segment_ids is not None:  # padding continues the last document
     doc = pad_axis(doc_index(segment_ids), 1, Tp, mode="edge")
   return opts, (pad_k(q), pad_k(k), pad_axis(pad_axis(v, 1, Tp), 3, Vp), gate, h0, doc)
+
+
+def check_blocks(blocks: BlockSizes, Kp: int, Vp: int) -> None:
+  """ValueError unless every K tile divides the padded K and every V tile the padded V (the kernels run
+  K // tile tiles: a tile that does not divide would leave columns unwritten)."""
+  for f in dataclasses.fields(blocks):
+    tile, dim = getattr(blocks, f.name), (Kp if f.name.endswith("_bk") else Vp)
+    if f.name.endswith(("_bk", "_bv")) and (tile < 1 or dim % tile):
+      raise ValueError(f"block_sizes.{f.name}={tile} must divide the padded "
+                       f"{'K' if f.name.endswith('_bk') else 'V'}={dim}")
 
 
 def check_call(info: CallInfo) -> str | None:
