@@ -29,6 +29,7 @@ short convs' states, GQA (`repeat_kv`), the per-shard op call and the cache.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, ClassVar
 
 import flax.struct
@@ -103,6 +104,7 @@ class CallContext:
   segment_ids: jax.Array | None  # [B, T]
   offset: jax.Array | int | None  # tokens already in the cache (None: a fresh sequence)
   decoding: bool  # continuing from a cache
+  inputs: dict = dataclasses.field(default_factory=dict)  # per-layer inputs from the model (`check_inputs`)
 
   def positions(self, T: int) -> jax.Array:
     """[B or 1, T] int32: token positions (restarting at every document start with segment_ids)."""
@@ -148,6 +150,22 @@ class LinearAttentionMixer(Mixer):
     self.use_short_conv = False
     self.op_options: tuple[tuple[str, Any], ...] = ()  # fixed op keywords, e.g. (("normalize", True),)
     return num_kv_heads
+
+  def _head_dims(self, hidden_size: int, expand_k: float, expand_v: float) -> tuple[int, int]:
+    """key_dim = D·expand_k and value_dim = D·expand_v (integers divisible by num_heads, fla's rule) →
+    sets key_dim / value_dim, the per-head head_k_dim / head_v_dim and the state's K, V; returns the two."""
+    key_dim, value_dim = hidden_size * expand_k, hidden_size * expand_v
+    if not (math.isclose(key_dim, round(key_dim)) and math.isclose(value_dim, round(value_dim))):
+      raise ValueError(f"hidden_size·expand_k ({key_dim}) and hidden_size·expand_v ({value_dim}) "
+                       "must be integers")
+    key_dim, value_dim = round(key_dim), round(value_dim)
+    if key_dim % self.num_heads or value_dim % self.num_heads:
+      raise ValueError(f"key_dim ({key_dim}) and value_dim ({value_dim}) must be divisible by "
+                       f"num_heads ({self.num_heads})")
+    self.key_dim, self.value_dim = key_dim, value_dim
+    self.head_k_dim, self.head_v_dim = key_dim // self.num_heads, value_dim // self.num_heads
+    self.state_k_dim, self.state_v_dim = self.head_k_dim, self.head_v_dim
+    return key_dim, value_dim
 
   def _dense(self, d_in: int, d_out: int, names: tuple[str, str], *, rngs: nnx.Rngs, **kw) -> nnx.Module:
     """A Linear [d_in, d_out] with the layer's init std and dtypes (`kw`: use_bias=…, overrides)."""
@@ -214,6 +232,11 @@ class LinearAttentionMixer(Mixer):
   def qkv(self, x: jax.Array, streams: dict[str, jax.Array], ctx: CallContext):
     raise NotImplementedError
 
+  def check_inputs(self, inputs: dict) -> None:
+    """Per-layer inputs the model passes besides x (HGRN2's lower bound); by default there are none."""
+    if inputs:
+      raise ValueError(f"{type(self).__name__} takes no inputs besides x, got {sorted(inputs)}")
+
   def output(self, o: jax.Array, x: jax.Array) -> jax.Array:
     """o [B, T, H, V] → y [B, T, D]: per-head norm (gated by x W_g when there is a g_proj), o_proj."""
     B, T = o.shape[:2]
@@ -224,13 +247,15 @@ class LinearAttentionMixer(Mixer):
     return self.o_proj(o.reshape(B, T, -1))
 
   def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None, cache: RecurrentCache | None = None,
-               offset: jax.Array | int | None = None, return_cache: bool = False):
-    """x [B, T, D]; segment_ids [B, T] (packed documents: state and convs restart); cache: continue.
+               offset: jax.Array | int | None = None, return_cache: bool = False, **inputs):
+    """x [B, T, D]; segment_ids [B, T] (packed documents: state and convs restart); cache: continue;
+    `inputs`: per-layer inputs from the model, checked by `check_inputs`, seen by `qkv` as `ctx.inputs`.
 
     Returns (y [B, T, D], the updated RecurrentCache if `cache` is given or `return_cache`, else None).
     """
     if x.ndim != 3 or x.shape[-1] != self.hidden_size:
       raise ValueError(f"x must have shape [B, T, {self.hidden_size}], got {x.shape}")
+    self.check_inputs(inputs)
     T = x.shape[1]
     want_cache = return_cache or cache is not None
     streams = self.project(x)
@@ -242,7 +267,7 @@ class LinearAttentionMixer(Mixer):
         streams[name], c = getattr(self, f"{name}_conv1d")(streams[name], segment_ids=segment_ids, state=s)
         new.append(c)
       conv_states = tuple(new)
-    ctx = CallContext(segment_ids=segment_ids, offset=offset, decoding=cache is not None)
+    ctx = CallContext(segment_ids=segment_ids, offset=offset, decoding=cache is not None, inputs=inputs)
     q, k, v, gate = self.qkv(x, streams, ctx)
     h0 = None if cache is None else cache.state
     if T == 1 and cache is not None:  # one decode step: the token-by-token recurrence

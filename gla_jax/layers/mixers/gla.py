@@ -18,8 +18,6 @@ convs, per-shard op call and output norm are `LinearAttentionMixer`'s (base.py).
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -60,19 +58,9 @@ class GatedLinearAttention(LinearAttentionMixer):
     num_kv_heads = self._set_common(hidden_size, num_heads=num_heads, num_kv_heads=num_kv_heads, impl=impl,
                                     chunk_size=chunk_size, dtype=dtype, param_dtype=param_dtype,
                                     init_std=init_std, rngs=rngs)
-    key_dim, value_dim = hidden_size * expand_k, hidden_size * expand_v
-    if not (math.isclose(key_dim, round(key_dim)) and math.isclose(value_dim, round(value_dim))):
-      raise ValueError(f"hidden_size·expand_k ({key_dim}) and hidden_size·expand_v ({value_dim}) "
-                       "must be integers")
-    key_dim, value_dim = round(key_dim), round(value_dim)
-    if key_dim % num_heads or value_dim % num_heads:
-      raise ValueError(f"key_dim ({key_dim}) and value_dim ({value_dim}) must be divisible by "
-                       f"num_heads ({num_heads})")
+    key_dim, value_dim = self._head_dims(hidden_size, expand_k, expand_v)
     if use_output_gate and gate_fn not in ("swish", "silu", "sigmoid"):
       raise ValueError(f"gate_fn must be 'swish' or 'sigmoid', got {gate_fn!r}")
-    self.key_dim, self.value_dim = key_dim, value_dim
-    self.head_k_dim, self.head_v_dim = key_dim // num_heads, value_dim // num_heads
-    self.state_k_dim, self.state_v_dim = self.head_k_dim, self.head_v_dim
     self.use_output_gate = use_output_gate
     self.gate_logit_normalizer, self.clamp_min = gate_logit_normalizer, clamp_min
     if feature_map is not None:

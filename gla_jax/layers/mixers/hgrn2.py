@@ -27,9 +27,8 @@ import numpy as np
 from flax import nnx
 
 from gla_jax.layers.conv import ShortConvolution
-from gla_jax.layers.mixers.base import CallContext, LinearAttentionMixer, RecurrentCache, config_dtypes
+from gla_jax.layers.mixers.base import CallContext, LinearAttentionMixer, config_dtypes
 from gla_jax.layers.norm import RMSNorm
-from gla_jax.layers.per_shard import per_shard
 from gla_jax.layers.sharding import make_param
 from pallas_kernels.gla import chunk_gla, fused_recurrent_gla
 
@@ -125,9 +124,10 @@ class HGRN2Attention(LinearAttentionMixer):
                layer_idx=layer_idx, use_lower_bound=c.use_lower_bound, init_std=c.initializer_range,
                impl=c.attn_impl, chunk_size=c.chunk_size, **config_dtypes(c), rngs=rngs)
 
-  def qkv(self, x: jax.Array, streams: dict[str, jax.Array], ctx: CallContext, lower_bound=None):
-    """q = swish(q); g = logsigmoid(f) (floored by the lower bound); k = 1 − exp(g); v = i."""
-    del x, ctx
+  def qkv(self, x: jax.Array, streams: dict[str, jax.Array], ctx: CallContext):
+    """q = swish(q); g = logsigmoid(f) (floored by ctx.inputs["lower_bound"]); k = 1 − exp(g); v = i."""
+    del x
+    lower_bound = ctx.inputs.get("lower_bound")
     q = jax.nn.silu(streams["q"].astype(_f32)).astype(streams["q"].dtype)
     g = jax.nn.log_sigmoid(streams["f"].astype(_f32))  # [B, T, H·K] float32
     if self.use_lower_bound:
@@ -144,41 +144,17 @@ class HGRN2Attention(LinearAttentionMixer):
     B, T = o.shape[:2]
     return self.o_proj(self.g_norm(o.reshape(B, T, -1)))
 
-  def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None, cache: RecurrentCache | None = None,
-               offset: jax.Array | int | None = None, return_cache: bool = False,
-               lower_bound: jax.Array | None = None):
-    """The base's body (LinearAttentionMixer.__call__) with one more input: `lower_bound` [D], this
-    layer's forget-gate floor β (a row of `layer_lower_bounds`, from the trunk), fed to `qkv`.
-
-    Returns (y [B, T, D], the updated RecurrentCache if `cache` is given or `return_cache`, else None).
-    """
-    if x.ndim != 3 or x.shape[-1] != self.hidden_size:
-      raise ValueError(f"x must have shape [B, T, {self.hidden_size}], got {x.shape}")
+  def check_inputs(self, inputs: dict) -> None:
+    """`lower_bound` [D]: this layer's forget-gate floor β (a row of `layer_lower_bounds`, from the
+    trunk); required when the layer uses it (use_lower_bound and layer_idx ≥ 1), ignored otherwise (the
+    trunk gives layer 0 its row too, as fla does)."""
+    extra = set(inputs) - {"lower_bound"}
+    if extra:
+      raise ValueError(f"HGRN2Attention takes only lower_bound besides x, got {sorted(extra)}")
+    lower_bound = inputs.get("lower_bound")
     if self.use_lower_bound:
       if lower_bound is None:
         raise ValueError(f"HGRN2 layer {self.layer_idx} was built with use_lower_bound=True and needs its "
                          "lower_bound [hidden_size] (fla's model-level lower_bounds; see this module's doc)")
       if lower_bound.shape != (self.hidden_size,):
         raise ValueError(f"lower_bound must have shape ({self.hidden_size},), got {lower_bound.shape}")
-    T = x.shape[1]
-    want_cache = return_cache or cache is not None
-    streams = self.project(x)
-    conv_states = ()
-    if self.use_short_conv:
-      prev = cache.conv if cache is not None else (None,) * len(self.conv_streams)
-      new = []
-      for name, s in zip(self.conv_streams, prev):
-        streams[name], c = getattr(self, f"{name}_conv1d")(streams[name], segment_ids=segment_ids, state=s)
-        new.append(c)
-      conv_states = tuple(new)
-    ctx = CallContext(segment_ids=segment_ids, offset=offset, decoding=cache is not None)
-    q, k, v, gate = self.qkv(x, streams, ctx, lower_bound)
-    h0 = None if cache is None else cache.state
-    if T == 1 and cache is not None:  # one decode step: the token-by-token recurrence
-      o, state = per_shard(self.recurrent_op)(q, k, v, **gate, initial_state=h0, output_final_state=True,
-                                              segment_ids=segment_ids)
-    else:
-      o, state = per_shard(self.op)(q, k, v, **gate, initial_state=h0, output_final_state=want_cache,
-                                    segment_ids=segment_ids, chunk_size=self.chunk_size, impl=self.impl)
-    y = self.output(o, x)
-    return y, (RecurrentCache(state=state, conv=conv_states) if want_cache else None)

@@ -24,8 +24,6 @@ layer (no parameter); decoding carries the float32 state [B, H, K, V] in a `Recu
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,18 +74,8 @@ class LightningAttention(LinearAttentionMixer):
         raise ValueError(f"{name} must be an int >= {low}, got {n!r}")
     if layer_idx >= num_layers:
       raise ValueError(f"layer_idx ({layer_idx}) must be < num_layers ({num_layers})")
-    key_dim, value_dim = hidden_size * expand_k, hidden_size * expand_v
-    if not (math.isclose(key_dim, round(key_dim)) and math.isclose(value_dim, round(value_dim))):
-      raise ValueError(f"hidden_size·expand_k ({key_dim}) and hidden_size·expand_v ({value_dim}) "
-                       "must be integers")
-    key_dim, value_dim = round(key_dim), round(value_dim)
-    if key_dim % num_heads or value_dim % num_heads:
-      raise ValueError(f"key_dim ({key_dim}) and value_dim ({value_dim}) must be divisible by "
-                       f"num_heads ({num_heads})")
+    key_dim, value_dim = self._head_dims(hidden_size, expand_k, expand_v)
     self.layer_idx, self.num_layers = int(layer_idx), int(num_layers)
-    self.key_dim, self.value_dim = key_dim, value_dim
-    self.head_k_dim, self.head_v_dim = key_dim // num_heads, value_dim // num_heads
-    self.state_k_dim, self.state_v_dim = self.head_k_dim, self.head_v_dim
     self.use_output_gate = use_output_gate
     if feature_map is not None:
       get_activation(feature_map)  # validates the name

@@ -17,8 +17,6 @@ its layers without short convs (its block does not pass `use_short_conv`): `from
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,19 +63,9 @@ class MultiScaleRetention(LinearAttentionMixer):
     num_kv_heads = self._set_common(hidden_size, num_heads=num_heads, num_kv_heads=num_kv_heads, impl=impl,
                                     chunk_size=chunk_size, dtype=dtype, param_dtype=param_dtype,
                                     init_std=init_std, rngs=rngs)
-    key_dim, value_dim = hidden_size * expand_k, hidden_size * expand_v
-    if not (math.isclose(key_dim, round(key_dim)) and math.isclose(value_dim, round(value_dim))):
-      raise ValueError(f"hidden_size·expand_k ({key_dim}) and hidden_size·expand_v ({value_dim}) "
-                       "must be integers")
-    key_dim, value_dim = round(key_dim), round(value_dim)
-    if key_dim % num_heads or value_dim % num_heads:
-      raise ValueError(f"key_dim ({key_dim}) and value_dim ({value_dim}) must be divisible by "
-                       f"num_heads ({num_heads})")
+    key_dim, value_dim = self._head_dims(hidden_size, expand_k, expand_v)
     if (key_dim // num_heads) % 2:
       raise ValueError(f"head_k_dim ({key_dim // num_heads}) must be even (RoPE rotates pairs)")
-    self.key_dim, self.value_dim = key_dim, value_dim
-    self.head_k_dim, self.head_v_dim = key_dim // num_heads, value_dim // num_heads
-    self.state_k_dim, self.state_v_dim = self.head_k_dim, self.head_v_dim
     self.use_output_gate, self.rope_theta = use_output_gate, float(rope_theta)
     if feature_map is not None:
       get_activation(feature_map)  # validates the name
