@@ -40,12 +40,9 @@ lr, seed, protocol) is there is skipped (protocol = epochs, JRT, set sizes, fill
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
-import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -124,7 +121,7 @@ def mqar_set(seq_len: int, num_kv_pairs: int, n: int, split: str, proto: Protoco
     qtgt = np.take_along_axis(np.stack([r["targets"] for r in rows]), qpos, axis=1).astype(np.int32)
     if path:
       os.makedirs(cache_dir, exist_ok=True)
-      tmp = path + ".tmp.npz"
+      tmp = f"{path}.{os.getpid()}.tmp.npz"  # workers of one sweep share the cache
       np.savez(tmp, inputs=inputs, qpos=qpos, qtgt=qtgt)
       os.replace(tmp, path)
   if proto.jrt:
@@ -291,11 +288,14 @@ def train_group(kind: str, d_model: int, cell: tuple[int, int], runs: list[tuple
     params, opt = trainer.init([s for _, s in group])
     lrs = jnp.asarray([lr for lr, _ in group], jnp.float32)
     lrs = lrs if vmapped else lrs[0]
-    losses = None
+    losses, epoch_s = None, []
     for e in range(proto.epochs):
+      te = time.perf_counter()
       rng = np.random.default_rng([proto.data_seed, 7, e])
       perm = rng.permutation(proto.train_examples)[:steps_per_epoch * B].reshape(steps_per_epoch, B)
       params, opt, losses = trainer.epoch(params, opt, lrs, e * steps_per_epoch, train, jnp.asarray(perm, jnp.int32))
+      jax.block_until_ready(losses)
+      epoch_s.append(time.perf_counter() - te)
       if on_epoch:
         on_epoch(e + 1)
     loss_sum, correct = trainer.evaluate(params, test, max(B, 256))
@@ -310,131 +310,18 @@ def train_group(kind: str, d_model: int, cell: tuple[int, int], runs: list[tuple
           "accuracy": pick(correct) / count, "test_loss": pick(loss_sum) / count,
           "train_loss": pick(last), "num_heads": int(getattr(config, "num_heads", 0) or 0), **facts, "steps": total,
           "batch_size": B, "models_together": len(group), "seconds": seconds / len(group),
+          "group_seconds": seconds, "first_epoch_seconds": epoch_s[0] if epoch_s else None,
+          "epoch_seconds": (float(np.mean(epoch_s[1:])) if len(epoch_s) > 1 else None),
+          "impl": getattr(config, "attn_impl", None),
           "device": jax.devices()[0].device_kind, "jax": jax.__version__,
           "date": datetime.datetime.now().isoformat(timespec="seconds")})
   return rows
 
 
-# ------------------------------------------------------------------------------------------------ sweep
-
-
-def run_key(row: dict[str, Any]) -> tuple:
-  return (row["kind"], int(row["d_model"]), int(row["seq_len"]), int(row["num_kv_pairs"]),
-          f"{float(row['lr']):.6g}", int(row["seed"]), row["protocol"])
-
-
-def load_rows(path: str) -> list[dict[str, Any]]:
-  if not os.path.exists(path):
-    return []
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except ValueError:  # a line cut short by a kill
-        continue
-  return rows
-
-
-def _cells(text: str) -> list[tuple[int, int]]:
-  out = []
-  for item in filter(None, (s.strip() for s in text.split(","))):
-    try:
-      T, N = (int(x) for x in item.lower().split("x"))
-    except ValueError:
-      raise SystemExit(f"--cells {text!r}: expected seq_lenxpairs items, e.g. 256x16,512x64") from None
-    if T < 4 * N:
-      raise SystemExit(f"--cells {item}: seq_len must be >= 4 * num_kv_pairs")
-    out.append((T, N))
-  return out
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m train.zoology", description=__doc__.split("\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--kinds", default=",".join(registry.KIND_NAMES), help="comma list of mixer kinds")
-  p.add_argument("--dims", default=",".join(map(str, DIMS)), help="comma list of d_model")
-  p.add_argument("--cells", default=",".join(f"{t}x{n}" for t, n in CELLS), help="seq_lenxpairs,...")
-  p.add_argument("--lrs", default=",".join(f"{x:.6g}" for x in LRS), help="comma list of learning rates")
-  p.add_argument("--seeds", default="0", help="comma list of init seeds")
-  p.add_argument("--epochs", type=int, default=64, help="passes over the training set (Zoology: 64)")
-  p.add_argument("--out", default="runs/zoology", help="results.jsonl, results.md, plots, data cache")
-  p.add_argument("--vmap-lrs", action="store_true", help="train all LRs x seeds of a group at once (vmap)")
-  p.add_argument("--jrt", action="store_true", help="just-read-twice: the context twice before the queries")
-  p.add_argument("--bf16", action="store_true", help="bfloat16 compute (params and optimizer in float32)")
-  p.add_argument("--train-examples", type=int, default=100_000)
-  p.add_argument("--test-examples", type=int, default=3_000)
-  p.add_argument("--vocab", type=int, default=8192)
-  p.add_argument("--batch-size", type=int, default=0, help="0: Zoology's rule by seq_len")
-  p.add_argument("--random-filler", action="store_true", help="random filler tokens instead of 0")
-  p.add_argument("--report-only", action="store_true", help="rewrite results.md and the plots, train nothing")
-  p.add_argument("--quiet", action="store_true", help="no progress bar")
-  return p.parse_args(argv)
-
-
-def main(argv=None) -> dict[str, Any]:
-  """The CLI; returns {"trained": runs trained now, "skipped": runs found done, "runs_per_min", paths}."""
-  from train import zoology_report  # pylint: disable=g-import-not-at-top
-  a = parse_args(argv)
-  kinds = [k.strip() for k in a.kinds.split(",") if k.strip()]
-  for k in kinds:
-    registry.kind(k)  # ValueError naming the kinds
-  dims = [int(x) for x in a.dims.split(",") if x.strip()]
-  cells, lrs = _cells(a.cells), [float(x) for x in a.lrs.split(",") if x.strip()]
-  seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
-  proto = Protocol(epochs=a.epochs, jrt=a.jrt, vocab_size=a.vocab, train_examples=a.train_examples,
-                   test_examples=a.test_examples, random_filler=a.random_filler,
-                   dtype="bfloat16" if a.bf16 else "float32", batch_size=a.batch_size)
-  os.makedirs(a.out, exist_ok=True)
-  path = os.path.join(a.out, "results.jsonl")
-  done = {run_key(r) for r in load_rows(path)}
-  todo, skipped = [], 0
-  for kind in kinds:
-    for d in dims:
-      for cell in cells:
-        runs = [(lr, s) for lr in lrs for s in seeds
-                if run_key({"kind": kind, "d_model": d, "seq_len": cell[0], "num_kv_pairs": cell[1], "lr": lr,
-                            "seed": s, "protocol": proto.tag()}) not in done]
-        skipped += len(lrs) * len(seeds) - len(runs)
-        if runs and not a.report_only:
-          todo.append((kind, d, cell, runs))
-  total_runs = sum(len(r) for *_, r in todo)
-  bar = _progress(not a.quiet, total_runs * proto.epochs)
-  t0, trained = time.perf_counter(), 0
-  for kind, d, cell, runs in todo:
-    bar.set_description(f"{kind} d={d} {cell[0]}x{cell[1]}")
-    step = lambda e, n=(len(runs) if a.vmap_lrs else 1): bar.update(n)  # run-epochs done
-    rows = train_group(kind, d, cell, runs, proto, vmapped=a.vmap_lrs, cache_dir=os.path.join(a.out, "data"),
-                       on_epoch=step)
-    with open(path, "a", encoding="utf-8") as f:
-      for row in rows:
-        f.write(json.dumps(row) + "\n")
-    trained += len(rows)
-    best = max(rows, key=lambda r: r["accuracy"])
-    bar.set_postfix(acc=f"{best['accuracy']:.3f}", refresh=False)
-  bar.close()
-  minutes = (time.perf_counter() - t0) / 60
-  rpm = trained / minutes if trained and minutes > 0 else 0.0
-  report = zoology_report.write_report(a.out, load_rows(path))
-  print(f"zoology: {trained} runs trained, {skipped} already done; "
-        f"{rpm:.2f} runs/min on {jax.devices()[0].device_kind}; table {report['table']}")
-  return {"trained": trained, "skipped": skipped, "runs_per_min": rpm, **report}
-
-
-def _progress(enabled: bool, total: int):
-  try:
-    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    enabled = False
-  if enabled:
-    return tqdm(total=total, unit="run-epoch", dynamic_ncols=True, file=sys.stderr)
-
-  class _NoBar:
-    def update(self, n): pass
-    def set_description(self, s): pass
-    def set_postfix(self, **kw): pass
-    def close(self): pass
-  return _NoBar()
+def main(argv=None):
+  """The command line (train/zoology_cli.py)."""
+  from train import zoology_cli  # pylint: disable=g-import-not-at-top
+  return zoology_cli.main(argv)
 
 
 if __name__ == "__main__":

@@ -72,8 +72,10 @@ def test_head_rule_and_short_convs():
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
+  """Two worker processes share the two groups (each claims one; the parent writes the report)."""
   out = str(tmp_path_factory.mktemp("zoology"))
-  summary = zoology.main(["--kinds", "gla,attention", "--lrs", "1e-3,3e-3", "--vmap-lrs", "--out", out, *TINY])
+  summary = zoology.main(["--kinds", "gla,attention", "--lrs", "1e-3,3e-3", "--vmap-lrs", "--out", out,
+                          "--workers", "2", *TINY])
   return out, summary
 
 
@@ -85,7 +87,8 @@ def _rows(out):
 def test_sweep_writes_results_table_and_plots(sweep):
   out, summary = sweep
   assert summary["trained"] == 4 and summary["skipped"] == 0 and summary["runs_per_min"] > 0
-  rows = _rows(out)
+  assert summary["left"] == 0 and not [p for p in os.listdir(out) if p.startswith(".claims")]
+  rows = _rows(out)  # each run exactly once: no group was trained by both workers
   assert sorted((r["kind"], r["lr"]) for r in rows) == [("attention", 1e-3), ("attention", 3e-3),
                                                         ("gla", 1e-3), ("gla", 3e-3)]
   for r in rows:
@@ -106,6 +109,12 @@ def test_sweep_resumes_without_retraining(sweep):
   again = zoology.main(["--kinds", "gla,attention", "--lrs", "1e-3,3e-3", "--vmap-lrs", "--out", out, *TINY])
   assert again["trained"] == 0 and again["skipped"] == 4
   assert _rows(out) == before
+
+
+def test_time_budget_leaves_groups_for_a_rerun(tmp_path):
+  spent = zoology.main(["--kinds", "gla,attention", "--lrs", "1e-3", "--out", str(tmp_path), "--time-budget",
+                        "1e-9", *TINY])
+  assert spent["trained"] == 0 and spent["left"] == 2 and not os.path.exists(tmp_path / "results.jsonl")
 
 
 def test_vmapped_lrs_equal_a_separate_run(sweep, tmp_path):
