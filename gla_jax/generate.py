@@ -3,7 +3,7 @@
     tokens = generate(model, prompt_ids, max_new_tokens=64, rng=jax.random.key(0),
                       temperature=0.8, top_k=50, top_p=0.95)      # [B, T + 64]
 
-Works with any model that has `prefill(ids, max_len=...)` and `decode_step(ids, cache)` (both model
+Works with any model that has `prefill(ids, max_len=..., last_only=True)` and `decode_step(ids, cache)` (both model
 families here). The model is split into (graphdef, state) and merged inside the jitted function, so a
 second call with the same model structure and shapes does not recompile. There is no Python loop per
 token. All rows share one prompt length (no left padding).
@@ -108,7 +108,7 @@ def _generate(graphdef, state, prompt_ids, rng, temperature, top_p, *, max_new_t
   B, T = prompt_ids.shape
   sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k,
                              top_p=top_p if use_top_p else None, greedy=greedy)
-  logits, cache = model.prefill(prompt_ids, max_len=max_len)
+  logits, cache = model.prefill(prompt_ids, max_len=max_len, last_only=True)
   rng, sub = jax.random.split(rng)
   token = sample(logits[:, -1], sub)  # [B]
   fill = 0 if eos_token_id is None else eos_token_id

@@ -38,6 +38,7 @@ LOGICAL_RULES: tuple[tuple[str, str | None], ...] = (
     ("norm", None),  # RMSNorm weights: small, replicated
     ("lowrank", None),  # the 16-wide low-rank gate projection
     ("conv", None),  # short-conv kernel taps
+    ("layers", None),  # scan_layers: the stacked layer axis of a run's params (each layer whole per device)
 )
 
 log = logging.getLogger(__name__)

@@ -62,10 +62,12 @@ def lr_schedule(config: OptimConfig, total_steps: int) -> optax.Schedule:
 
 
 def decay_mask(params: Any) -> Any:
-  """True for params that get weight decay: ≥ 2-D and not an embedding table."""
+  """True for params that get weight decay: ≥ 2-D per layer and not an embedding table (a scan_layers
+  run's params, `runs/…`, have one leading stacked axis that does not count)."""
   def keep(path, x):
-    names = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path).lower()
-    return x.ndim >= 2 and "embed" not in names
+    keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    stacked = 1 if keys and keys[0] == "runs" else 0
+    return x.ndim - stacked >= 2 and "embed" not in "/".join(keys).lower()
   return jax.tree_util.tree_map_with_path(keep, params)
 
 

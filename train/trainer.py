@@ -111,6 +111,13 @@ class Trainer:
     if not isinstance(saved, dict):
       return  # no config recorded: the restore itself checks the shapes
     ours = _config_json(self.config)["model"]
+    saved = {"scan_layers": False, **saved}  # checkpoints from before the field: unscanned
+    if saved["scan_layers"] != ours.get("scan_layers", False):
+      raise ConfigError(f"checkpoint {self.checkpointer.step_dir(step)} stores its layers "
+                        f"{'stacked' if saved['scan_layers'] else 'per layer'} (model.scan_layers="
+                        f"{saved['scan_layers']}) but this run has model.scan_layers={ours.get('scan_layers')}: "
+                        f"resume with --set model.scan_layers={saved['scan_layers']}, or convert the params with "
+                        "gla_jax.models.scan.stack_layers / unstack_layers")
     diff = [k for k in sorted(set(saved) | set(ours)) if saved.get(k, "<unset>") != ours.get(k, "<unset>")]
     if diff:
       shown = ", ".join(f"model.{k}={saved.get(k, '<unset>')!r} there but {ours.get(k, '<unset>')!r} here"

@@ -16,6 +16,8 @@ Names (docs/models.md) follow our module paths, renamed where fla's differ (the 
 kernels are its transpose; a short conv's [C, 1, W] weight is our [W, C].
 Legacy checkpoints: a fused `mlp.gate_proj.weight` [2F, D] (gate = first half, up = second half) is
 split; `attn_mode: fused_chunk` (or fused_recurrent) is the same math and reads as "chunk".
+A `scan_layers` model (stacked runs, gla_jax/models/scan.py) reads and writes the same per-layer names:
+`load_fla_checkpoint(path, scan_layers=True)` stacks them, `save_fla_checkpoint` unstacks.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from safetensors.numpy import load_file, save_file
 from gla_jax.layers.mixers import registry
 from gla_jax.models import GLAConfig, ModelConfig, TransformerConfig, build_model
 from gla_jax.models.lm import CausalLM
+from gla_jax.models.scan import stack_layers, unstack_layers
 
 # GLAConfig fields fla's GLAConfig cannot express (the layer's hard-wired defaults)
 _GLA_LAYER_FIXED = {"gate_logit_normalizer": 16, "gate_low_rank_dim": 16, "conv_bias": False}
@@ -165,16 +168,20 @@ def _from_fla_layout(x: np.ndarray, layout: str) -> np.ndarray:
   return x
 
 
-def _flat_params(model: nnx.Module):
-  return nnx.to_flat_state(nnx.state(model, nnx.Param))
+def _flat_params(model: nnx.Module) -> list[tuple[tuple, Any]]:
+  """(path, array) of every param in the unscanned layout (`layers/{i}/…`, scan_layers unstacked)."""
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  if getattr(model.config, "scan_layers", False):
+    params = unstack_layers(params, model.config)
+  return list(nnx.to_flat_state(nnx.State(params)))
 
 
 def fla_state_dict(model: CausalLM, dtype=None) -> dict[str, np.ndarray]:
   """The model's parameters under fla's names and torch layouts (lm_head omitted when tied)."""
   out = {}
-  for path, var in _flat_params(model):
+  for path, value in _flat_params(model):
     name, layout = _fla_name(path, model.config)
-    value = np.asarray(jax.device_get(var[...]))
+    value = np.asarray(jax.device_get(value[...] if isinstance(value, nnx.Variable) else value))
     if dtype is not None:
       value = value.astype(jnp.dtype(dtype))
     out[name] = np.ascontiguousarray(_to_fla_layout(value, layout))
@@ -243,9 +250,9 @@ def load_fla_checkpoint(path: str, *, dtype=None, param_dtype=None, **config_ove
   if config.tie_word_embeddings:
     tensors.pop("lm_head.weight", None)  # tied: the head is the embedding
 
-  abstract = nnx.eval_shape(lambda: build_model(config, rngs=nnx.Rngs(0)))
-  graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-  flat = nnx.to_flat_state(params)
+  flat_config = dataclasses.replace(config, scan_layers=False)  # fla's names are per layer
+  abstract = nnx.eval_shape(lambda: build_model(flat_config, rngs=nnx.Rngs(0)))
+  flat = nnx.to_flat_state(nnx.state(abstract, nnx.Param))
   pdt = jnp.dtype(config.param_dtype)
   missing, new_leaves, loaded = [], [], {}
   for path_, var in flat:
@@ -265,8 +272,11 @@ def load_fla_checkpoint(path: str, *, dtype=None, param_dtype=None, **config_ove
   leftover = [n for n in tensors if not n.endswith("rotary.inv_freq")]
   if leftover:
     raise ValueError(f"checkpoint {path} has {len(leftover)} tensors the model does not use, e.g. {leftover[:5]}")
-  params = nnx.from_flat_state(new_leaves)
-  rest = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), rest)
+  params = nnx.to_pure_dict(nnx.from_flat_state(new_leaves))
+  if config.scan_layers:
+    params = stack_layers(params, config)
+  graphdef, _, rest = nnx.split(nnx.eval_shape(lambda: build_model(config, rngs=nnx.Rngs(0))), nnx.Param, ...)
+  rest = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), nnx.to_pure_dict(rest))
   return nnx.merge(graphdef, params, rest)
 
 

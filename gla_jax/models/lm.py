@@ -12,6 +12,11 @@ Decoding: `init_cache` / `prefill` / `decode_step` / `forward_with_cache` carry 
 cache per layer, and the number of tokens seen); none of them mutate the module, so they jit as pure
 functions of (module, inputs, cache).
 
+`config.scan_layers` (gla_jax/models/scan.py): runs of identical layers are stored as one Block with
+stacked params (`self.runs[r]`, leaves [n_r, …]; `self.layers` is None) and applied by one lax.scan per
+run; the cache then holds one stacked cache per run. Same logits as unscanned with the same params
+(`scan.stack_layers` / `scan.unstack_layers` convert them).
+
 Checks that need values (they cannot raise under jit, where the values are traced):
 * token ids outside [0, vocab_size): ValueError on concrete ids; under jit they are clamped into range
   (an id < 0 reads token 0, an id ≥ vocab_size the last token), never NaN or wrapped silently.
@@ -30,10 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gla_jax.layers.linear import dense, embedding
+from gla_jax.layers.linear import dense, embedding, take_rows
 from gla_jax.layers.mixers import registry
 from gla_jax.layers.mlp import GatedMLP
 from gla_jax.layers.norm import RMSNorm
+from gla_jax.models import scan
 
 _f32 = jnp.float32
 
@@ -42,14 +48,22 @@ _f32 = jnp.float32
 class ModelCache:
   """Decode-time state of a whole model."""
 
-  layers: tuple  # one cache per block (its mixer's: RecurrentCache, KVCache, …)
+  layers: tuple  # one cache per block (its mixer's: RecurrentCache, KVCache, …); stacked: one per run
   offset: jax.Array  # int32 []: tokens processed so far (the next token's position)
+  stacked: bool = flax.struct.field(pytree_node=False, default=False)  # scan_layers: leaves [n_run, …]
 
   @property
   def max_len(self) -> int | None:
     """Positions the cache can hold (the smallest KV cache's), None when unbounded (recurrent, SWA)."""
-    lens = [c.max_len for c in self.layers if getattr(c, "max_len", None) is not None]
+    layers = [scan.cache_slice_shapes(c) for c in self.layers] if self.stacked else self.layers
+    lens = [c.max_len for c in layers if getattr(c, "max_len", None) is not None]
     return min(lens) if lens else None
+
+  @property
+  def batch_size(self) -> int | None:
+    """Rows the cache was made for (None for a model without layer caches)."""
+    leaves = jax.tree.leaves(self.layers)
+    return None if not leaves else leaves[0].shape[1 if self.stacked else 0]
 
 
 class Block(nnx.Module):
@@ -86,6 +100,12 @@ def _block_forward(block: Block, h: jax.Array, segment_ids, mixer_inputs):
   return block(h, segment_ids=segment_ids, **mixer_inputs)[0]
 
 
+def make_block(config, layer_idx: int, rngs: nnx.Rngs) -> Block:
+  """Block `layer_idx` of `config`: its mixer (of kind `config.layer_kinds()[layer_idx]`) and MLP."""
+  kind = config.layer_kinds()[layer_idx]
+  return Block(registry.mixer_class(kind).from_config(config, layer_idx, rngs=rngs), config, rngs=rngs)
+
+
 def _remat(fn, config):
   """`fn` rematerialised per `config.remat` / `config.remat_policy` (remat False or policy "none": as is)."""
   policy = getattr(config, "remat_policy", "full")
@@ -101,7 +121,8 @@ class CausalLM(nnx.Module):
 
   `model(input_ids [B, T] int, *, segment_ids [B, T] | None) -> logits float32 [B, T, vocab]`.
   Params: embeddings.embedding [vocab, D] (vocab, embed); lm_head.kernel [D, vocab] (embed, vocab)
-  unless tied; every block's params as in `Block`.
+  unless tied; every block's params as in `Block` (layers/{i}/…), or with `config.scan_layers` each
+  run's stacked (runs/{r}/…, leading axis n_r named "layers"; gla_jax/models/scan.py).
   """
 
   def __init__(self, config, *, rngs: nnx.Rngs):
@@ -109,9 +130,13 @@ class CausalLM(nnx.Module):
     dt, pdt = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
     D, std = config.hidden_size, config.initializer_range
     self.embeddings = embedding(config.vocab_size, D, init_std=std, dtype=dt, param_dtype=pdt, rngs=rngs)
-    kinds = config.layer_kinds()
-    self.layers = nnx.List([Block(registry.mixer_class(kind).from_config(config, i, rngs=rngs), config,
-                                  rngs=rngs) for i, kind in enumerate(kinds)])
+    if config.scan_layers:
+      self.layers = None
+      self.runs = nnx.List([scan.stacked_module(lambda r, i=run[0]: make_block(config, i, r), len(run), rngs=rngs)
+                            for run in scan.layer_runs(config)])
+    else:
+      self.layers = nnx.List([make_block(config, i, rngs) for i in range(config.num_hidden_layers)])
+      self.runs = None
     if getattr(config, "use_lower_bound", False):  # HGRN2: fla's model-level lower_bounds [L, D]
       from gla_jax.layers.mixers.hgrn2 import init_lower_bounds  # pylint: disable=g-import-not-at-top
       self.lower_bounds = init_lower_bounds(config.num_hidden_layers, D, param_dtype=pdt, rngs=rngs)
@@ -125,10 +150,20 @@ class CausalLM(nnx.Module):
   def _mixer_inputs(self) -> list[dict]:
     """Per-layer extra mixer inputs: HGRN2 layers get their row of the model's lower bounds."""
     if self.lower_bounds is None:
-      return [{} for _ in self.layers]
+      return [{} for _ in range(self.config.num_hidden_layers)]
     from gla_jax.layers.mixers.hgrn2 import layer_lower_bounds  # pylint: disable=g-import-not-at-top
     lb = layer_lower_bounds(self.lower_bounds[...])
     return [{"lower_bound": lb[i]} if k == "hgrn2" else {} for i, k in enumerate(self.config.layer_kinds())]
+
+  def _run_inputs(self) -> list[dict]:
+    """scan_layers: each run's mixer inputs stacked over its layers (leaves [n_run, …], scanned)."""
+    per_layer = self._mixer_inputs()
+    return [jax.tree.map(lambda *xs: jnp.stack(xs), *[per_layer[i] for i in run])
+            for run in scan.layer_runs(self.config)]
+
+  def _run_templates(self) -> list[Block]:
+    """scan_layers: each run's unstacked Block (abstract; the graph its scan body merges slices into)."""
+    return [scan.template(make_block, self.config, run[0]) for run in scan.layer_runs(self.config)]
 
   # -- pieces -------------------------------------------------------------------------------------
   def _check_ids(self, input_ids, segment_ids=None, *, name="input_ids") -> None:
@@ -154,7 +189,12 @@ class CausalLM(nnx.Module):
     would give NaN (≥ vocab) or wrap (< 0)."""
     hi = min(self.config.vocab_size - 1, int(jnp.iinfo(input_ids.dtype).max))
     ids = jnp.clip(input_ids, jnp.asarray(0, input_ids.dtype), jnp.asarray(hi, input_ids.dtype))
-    return self.embeddings(ids.astype(jnp.int32))
+    ids = ids.astype(jnp.int32)
+    grad = getattr(self.config, "embed_grad", "scatter")
+    if grad == "scatter":
+      return self.embeddings(ids)
+    table = self.embeddings.embedding[...]
+    return take_rows(table, ids, grad=grad).astype(self.embeddings.dtype or table.dtype)
 
   def logits(self, h: jax.Array) -> jax.Array:
     """Final hidden states [B, T, D] (after the final norm) → float32 logits [B, T, vocab]."""
@@ -168,6 +208,12 @@ class CausalLM(nnx.Module):
     """[B, T] token ids → final-normed hidden states [B, T, D] in the compute dtype."""
     self._check_ids(input_ids, segment_ids)
     h = self._embed(input_ids)
+    if self.config.scan_layers:
+      def body(block, h, extra):
+        return _block_forward(block, h, segment_ids, extra), None
+      for stacked, layer, extra in zip(self.runs, self._run_templates(), self._run_inputs()):
+        h, _ = scan.scan_run(stacked, layer, h, extra, body, remat_config=self.config)
+      return self.norm(h)
     step = _remat(_block_forward, self.config)
     for block, extra in zip(self.layers, self._mixer_inputs()):
       h = step(block, h, segment_ids, extra)
@@ -181,6 +227,10 @@ class CausalLM(nnx.Module):
   def init_cache(self, batch_size: int, max_len: int | None = None) -> ModelCache:
     """An empty cache for `batch_size` rows (`max_len`: total tokens, needed by KV caches)."""
     dt = jnp.dtype(self.config.dtype)
+    if self.config.scan_layers:
+      layers = tuple(scan.stack_cache(t.attn.init_cache(batch_size, max_len, dt), len(run))
+                     for t, run in zip(self._run_templates(), scan.layer_runs(self.config)))
+      return ModelCache(layers=layers, offset=jnp.zeros((), jnp.int32), stacked=True)
     layers = tuple(b.attn.init_cache(batch_size, max_len, dt) for b in self.layers)
     return ModelCache(layers=layers, offset=jnp.zeros((), jnp.int32))
 
@@ -192,21 +242,35 @@ class CausalLM(nnx.Module):
     self._check_ids(input_ids)
     return self._forward_with_cache(input_ids, cache)
 
-  def _forward_with_cache(self, input_ids, cache):
-    leaves = jax.tree.leaves(cache.layers)
-    if leaves and leaves[0].shape[0] != input_ids.shape[0]:
-      raise ValueError(f"the ids have {input_ids.shape[0]} rows but the cache was made for "
-                       f"{leaves[0].shape[0]}")
+  def _forward_with_cache(self, input_ids, cache, last_only: bool = False):
+    if cache.stacked != self.config.scan_layers:
+      raise ValueError(f"the cache is {'stacked' if cache.stacked else 'per layer'} but the model has "
+                       f"scan_layers={self.config.scan_layers}: make it with this model's init_cache")
+    if cache.batch_size is not None and cache.batch_size != input_ids.shape[0]:
+      raise ValueError(f"the ids have {input_ids.shape[0]} rows but the cache was made for {cache.batch_size}")
     h = self._embed(input_ids)
+    if self.config.scan_layers:
+      def body(block, h, x):
+        layer_cache, extra = x
+        return block(h, cache=layer_cache, offset=cache.offset, return_cache=True, **extra)
+      new_runs = []
+      for stacked, layer, run_cache, extra in zip(self.runs, self._run_templates(), cache.layers,
+                                                  self._run_inputs()):
+        h, c = scan.scan_run(stacked, layer, h, (run_cache, extra), body)
+        new_runs.append(c)
+      logits = self.logits(self.norm(h[:, -1:] if last_only else h))
+      return logits, ModelCache(layers=tuple(new_runs), offset=cache.offset + input_ids.shape[1], stacked=True)
     new_layers = []
     for block, layer_cache, extra in zip(self.layers, cache.layers, self._mixer_inputs()):
       h, c = block(h, cache=layer_cache, offset=cache.offset, return_cache=True, **extra)
       new_layers.append(c)
-    logits = self.logits(self.norm(h))
+    logits = self.logits(self.norm(h[:, -1:] if last_only else h))
     return logits, ModelCache(layers=tuple(new_layers), offset=cache.offset + input_ids.shape[1])
 
-  def prefill(self, input_ids: jax.Array, *, max_len: int | None = None) -> tuple[jax.Array, ModelCache]:
-    """Run a prompt [B, T] → (logits float32 [B, T, vocab], cache).
+  def prefill(self, input_ids: jax.Array, *, max_len: int | None = None,
+              last_only: bool = False) -> tuple[jax.Array, ModelCache]:
+    """Run a prompt [B, T] → (logits float32 [B, T, vocab], cache); `last_only`: logits of the last
+    position only, [B, 1, vocab] (what sampling needs; [B, T, vocab] float32 is 16.8 GB at B = 64, T = 2048).
 
     `max_len`: the total tokens (prompt + decode steps) the cache must hold; default T, which leaves a
     Transformer no room to decode (KV caches are sized by it; the GLA state is constant-size).
@@ -217,7 +281,7 @@ class CausalLM(nnx.Module):
       max_len = T
     if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < T:
       raise ValueError(f"max_len must be an int >= the prompt length {T}, got {max_len!r}")
-    return self._forward_with_cache(input_ids, self.init_cache(B, int(max_len)))
+    return self._forward_with_cache(input_ids, self.init_cache(B, int(max_len)), last_only=bool(last_only))
 
   def decode_step(self, token_ids: jax.Array, cache: ModelCache) -> tuple[jax.Array, ModelCache]:
     """One token per row ([B] or [B, 1]) → (logits float32 [B, vocab], updated cache). O(1) for GLA.

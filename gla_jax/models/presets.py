@@ -9,7 +9,9 @@
 | gla_tiny           | 64   | 2      | 2     | 256   | yes  | 0.151M   |
 | transformer_tiny   | 64   | 2      | 2     | 256   | yes  | 0.148M   |
 
-Every function takes keyword overrides (`gla_340m(dtype="bfloat16", remat=True)`).
+Every function takes keyword overrides (`gla_340m(dtype="bfloat16", remat=True)`). The 340M and 1.3B
+presets scan over layers (`scan_layers=True`: stacked params, one lax.scan per run of identical layers,
+gla_jax/models/scan.py; pass scan_layers=False for the per-layer layout); the tiny ones do not.
 `tiny(kind)` is the CPU-sized model of any mixer kind (gla_jax/layers/mixers/registry.py), `hybrid_tiny()`
 a GLA model whose second layer is sliding-window attention.
 """
@@ -21,6 +23,8 @@ import importlib
 from gla_jax.layers.mixers import registry
 from gla_jax.models.configs import GLAConfig, ModelConfig, TransformerConfig
 
+_LARGE = {"scan_layers": True}  # the large presets' default: depth-independent compile and init
+
 
 def tiny(kind: str, **overrides) -> ModelConfig:
   """The CPU-sized model of mixer kind `kind` (≈ 0.15M params, vocab 256, 2 layers); overrides win."""
@@ -30,7 +34,9 @@ def tiny(kind: str, **overrides) -> ModelConfig:
 
 def preset_340m(kind: str, **overrides) -> ModelConfig:
   """The 340M-class model of mixer kind `kind` (fla's published shape where fla has one; see each config
-  module's `preset_340m`); gla / attention / swa: gla_340m, transformer_340m (swa: window 2048)."""
+  module's `preset_340m`); gla / attention / swa: gla_340m, transformer_340m (swa: window 2048).
+  scan_layers is on unless overridden."""
+  overrides = {**_LARGE, **overrides}
   if kind == "gla":
     return gla_340m(**overrides)
   if kind in ("attention", "swa"):
@@ -48,25 +54,25 @@ def hybrid_tiny(**overrides) -> GLAConfig:
 def gla_340m(**overrides) -> GLAConfig:
   """fla-hub/gla-340M: hidden 1024, 24 layers, 4 heads, vocab 32000, tied embeddings (341.7M params)."""
   return GLAConfig(**{**dict(hidden_size=1024, num_hidden_layers=24, num_heads=4, vocab_size=32000,
-                             tie_word_embeddings=True), **overrides})
+                             tie_word_embeddings=True), **_LARGE, **overrides})
 
 
 def gla_1p3b(**overrides) -> GLAConfig:
   """fla-hub/gla-1.3B: hidden 2048, 24 layers, 4 heads, vocab 32000, untied (1.3655B params)."""
   return GLAConfig(**{**dict(hidden_size=2048, num_hidden_layers=24, num_heads=4, vocab_size=32000,
-                             tie_word_embeddings=False), **overrides})
+                             tie_word_embeddings=False), **_LARGE, **overrides})
 
 
 def transformer_340m(**overrides) -> TransformerConfig:
   """Transformer++ at the 340M GLA shape: hidden 1024, 24 layers, 16 heads of 64, tied."""
   return TransformerConfig(**{**dict(hidden_size=1024, num_hidden_layers=24, num_heads=16,
-                                     vocab_size=32000, tie_word_embeddings=True), **overrides})
+                                     vocab_size=32000, tie_word_embeddings=True), **_LARGE, **overrides})
 
 
 def transformer_1p3b(**overrides) -> TransformerConfig:
   """Transformer++ at the 1.3B GLA shape: hidden 2048, 24 layers, 32 heads of 64, untied."""
   return TransformerConfig(**{**dict(hidden_size=2048, num_hidden_layers=24, num_heads=32,
-                                     vocab_size=32000, tie_word_embeddings=False), **overrides})
+                                     vocab_size=32000, tie_word_embeddings=False), **_LARGE, **overrides})
 
 
 def gla_tiny(**overrides) -> GLAConfig:

@@ -33,6 +33,9 @@ def test_prefill_then_decode_equals_forward(name):
   prefill = nnx.jit(lambda m, x: m.prefill(x, max_len=T))
   step = nnx.jit(lambda m, t, c: m.decode_step(t, c))
   logits, cache = prefill(model, ids[:, :P])
+  last, last_cache = nnx.jit(lambda m, x: m.prefill(x, max_len=T, last_only=True))(model, ids[:, :P])
+  assert last.shape == (B, 1, cfg.vocab_size) and rel_err(last, logits[:, -1:]) < 1e-6  # generate's prefill
+  assert all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(last_cache), jax.tree.leaves(cache)))
   outs = [logits]
   for t in range(P, T):
     tok = ids[:, t] if t % 2 else ids[:, t:t + 1]  # both [B] and [B, 1] are accepted

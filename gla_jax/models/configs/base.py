@@ -3,8 +3,8 @@
 Every model config (one per kind: GLAConfig, TransformerConfig, RetNetConfig, …) is a frozen dataclass
 subclassing `ModelConfig`; its fields and defaults follow the fla 0.6.0 config of the same model_type,
 so that a fla `config.json` maps one to one. fla-only switches that do not change the math (`attn_mode`,
-`fuse_*`, `use_cache`) are kept; the JAX-side fields are `dtype`, `param_dtype`, `remat` and, per kind,
-`attn_impl` / `chunk_size`.
+`fuse_*`, `use_cache`) are kept; the JAX-side fields are `dtype`, `param_dtype`, `remat`, `remat_policy`,
+`scan_layers`, `embed_grad` and, per kind, `attn_impl` / `chunk_size`.
 
 The layer pattern is data: `layer_kinds()` gives each layer's mixer kind — the config's native `kind`,
 or softmax attention ("attention", or "swa" with a window) for the layers listed in `attn`, fla's hybrid
@@ -55,7 +55,9 @@ def _check_common(cfg) -> None:
   _check_real(cfg, "initializer_range", positive=False)
   if getattr(cfg, "remat_policy", "full") not in REMAT_POLICIES:
     raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {cfg.remat_policy!r}")
-  for name in ("elementwise_affine", "tie_word_embeddings", "remat", "use_cache"):
+  if getattr(cfg, "embed_grad", "scatter") not in ("scatter", "sorted"):
+    raise ValueError(f"embed_grad must be 'scatter' or 'sorted', got {cfg.embed_grad!r}")
+  for name in ("elementwise_affine", "tie_word_embeddings", "remat", "use_cache", "scan_layers"):
     if not hasattr(cfg, name):
       continue
     if not isinstance(getattr(cfg, name), bool):
@@ -188,7 +190,7 @@ class ModelConfig:
   fla_block_names: ClassVar[dict[str, str]] = {}  # our Block attribute → fla's ("attn" → "mixer")
   fla_final_norm: ClassVar[str] = "norm"  # fla's name of the final norm ("norm_f" for Mamba-2)
   jax_only: ClassVar[tuple[str, ...]] = ("dtype", "param_dtype", "attn_impl", "chunk_size", "remat",
-                                          "remat_policy")
+                                          "remat_policy", "scan_layers", "embed_grad")
   tiny_defaults: ClassVar[dict[str, Any]] = {}  # presets.tiny(kind): the CPU-sized model of the kind
 
   vocab_size: int = 32000
@@ -215,6 +217,8 @@ class ModelConfig:
   param_dtype: str = "float32"  # parameter storage dtype
   remat: bool = False  # rematerialise each block in the backward pass (nnx.remat)
   remat_policy: str = "full"  # with remat: what a block keeps for the backward (REMAT_POLICIES; "none": no remat)
+  embed_grad: str = "scatter"  # the embedding table's gradient (gla_jax/layers/linear.py take_rows)
+  scan_layers: bool = False  # runs of identical layers: stacked params, one lax.scan each (models/scan.py)
 
   def __post_init__(self):
     _check_common(self)
