@@ -1,8 +1,10 @@
 """`fused_recurrent_gla`: the token-by-token recurrence, for short sequences and decoding.
 
 One `lax.scan` step per token over a float32 [B, H, K, V] state; T = 1 (a decode step) takes an explicit
-path with no scan. Gradients come from differentiating the scan, which keeps one state per token
-(O(T·K·V) memory per head): use `chunk_gla` for training on long sequences.
+path with no scan. `_step` is also the spec (and the backward) of the fused decode kernels that serve
+T = 1 calls on GPUs (`impl="auto"` there: pallas_kernels/gla/triton/decode.py, one pass over the state).
+Gradients come from differentiating the scan, which keeps one state per token (O(T·K·V) memory per head):
+use `chunk_gla` for training on long sequences.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """`fused_recurrent_simple_gla`: the token-by-token recurrence, for short sequences and decoding.
 
 One `lax.scan` step per token over a float32 [B, H, K, V] state, decayed by one scalar per head; T = 1
-(a decode step) takes an explicit path with no scan. Gradients come from differentiating the scan, which
-keeps one state per token (O(T·K·V) memory per head): use `chunk_simple_gla` for training on long
-sequences. g_gamma is a constant of the op (`stop_gradient`), as in the chunk form.
+(a decode step) takes an explicit path with no scan. `_step` is also the spec (and the backward) of the
+fused decode kernel that serves T = 1 calls on GPUs (`impl="auto"` there:
+pallas_kernels/simple_gla/triton/decode.py). Gradients come from differentiating the scan, which keeps
+one state per token (O(T·K·V) memory per head): use `chunk_simple_gla` for training on long sequences.
+g_gamma is a constant of the op (`stop_gradient`), as in the chunk form.
 """
 
 from __future__ import annotations

@@ -6,12 +6,17 @@ which define their `Implementation` and never import this module. `impl="auto"` 
 list (GPU: triton, xla; TPU and CPU: xla — the TPU kernels stay explicit-only until they have run on a
 TPU) and takes the first implementation that supports the call; an explicit `impl` that cannot serve the
 call raises a ValueError with the reason — there is no silent fallback.
+
+The one-token op (`FUSED_RECURRENT_*`) has the fused decode kernels as backends (triton/decode.py), which
+serve T = 1 calls only: "auto" on a GPU takes "triton" for a decode step and "xla" for longer calls;
+`decode_impl(name)` makes the calls that pass no impl (the mixers') take `name`.
 """
 
 from __future__ import annotations
 
 from pallas_kernels.common.checks import CallInfo, check_simple_gla_inputs
 from pallas_kernels.common.dispatch import Implementation, Op, associative_check, reference
+from pallas_kernels.gla.ops import prefer_impl
 from pallas_kernels.simple_gla.chunk import chunk_simple_gla_xla
 from pallas_kernels.simple_gla.fused_recurrent import fused_recurrent_simple_gla_scan
 from pallas_kernels.simple_gla.naive import (naive_associative_simple_gla, naive_parallel_simple_gla,
@@ -35,7 +40,11 @@ CHUNK_SIMPLE_GLA = Op("chunk_simple_gla", check=_check_chunk,
                       auto_order={"gpu": ("triton", "xla"), "tpu": ("xla",), "cpu": ("xla",)},
                       backends={"triton": "pallas_kernels.simple_gla.triton.ops:IMPLEMENTATION",
                                 "tpu": "pallas_kernels.simple_gla.tpu.ops:IMPLEMENTATION"})
-FUSED_RECURRENT_SIMPLE_GLA = Op("fused_recurrent_simple_gla", check=_check_recurrent, auto_order={})
+# The decode kernels serve T = 1 calls only (`check_call`); longer calls fall through to "xla".
+FUSED_RECURRENT_SIMPLE_GLA = Op(
+    "fused_recurrent_simple_gla", check=_check_recurrent, auto_order={"gpu": ("xla",)},  # as GLA's (gla/ops.py)
+    backends={"triton": "pallas_kernels.simple_gla.triton.decode:IMPLEMENTATION",
+              "triton_interpret": "pallas_kernels.simple_gla.triton.decode:INTERPRET_IMPLEMENTATION"})
 
 
 def chunk_simple_gla(q, k, v, g=None, *, g_gamma=None, scale=None, initial_state=None,
@@ -83,9 +92,11 @@ def fused_recurrent_simple_gla(q, k, v, g=None, *, g_gamma=None, scale=None, ini
                                output_final_state=False, segment_ids=None, impl="auto"):
   """Simple GLA token by token: for short sequences and decoding (T = 1 has its own path, no scan).
 
-  Same arguments, returns and gradients as `chunk_simple_gla` (without `chunk_size`). `impl`: "auto"
-  or "xla" (one `lax.scan`; its gradient keeps a state per token, so train long sequences with
-  `chunk_simple_gla`).
+  Same arguments, returns and gradients as `chunk_simple_gla` (without `chunk_size`). `impl`: "auto",
+  "xla" (one `lax.scan`; its gradient keeps a state per token, so train long sequences with
+  `chunk_simple_gla`), or for one token (T = 1, a decode step) the fused decode kernel: "triton"
+  (Pallas Triton, GPU; what "auto" takes there) or "triton_interpret" (interpret mode, any platform);
+  its gradients are the "xla" step's. `decode_impl(name)` sets the impl of the calls that pass none.
 
   Example (decoding one token with the state carried along):
     >>> o_t, state = fused_recurrent_simple_gla(q[:, -1:], k[:, -1:], v[:, -1:], g[:, -1:],
@@ -95,6 +106,13 @@ def fused_recurrent_simple_gla(q, k, v, g=None, *, g_gamma=None, scale=None, ini
                                     initial_state=initial_state,
                                     output_final_state=output_final_state, segment_ids=segment_ids,
                                     impl=impl)
+
+
+def decode_impl(name: str):
+  """Context manager: within it, `fused_recurrent_simple_gla` calls with impl="auto" (the RetNet,
+  Lightning, Mamba-2 mixers' decode steps) take `name` where it serves the call; read at trace time,
+  like `pallas_kernels.gla.ops.decode_impl`."""
+  return prefer_impl(FUSED_RECURRENT_SIMPLE_GLA, name)
 
 
 def available_impls() -> tuple[str, ...]:
