@@ -32,9 +32,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from flax import nnx  # noqa: E402
 
 from gla_jax.models import build_model, presets  # noqa: E402
+from train import mesh as mesh_lib  # noqa: E402
 from train import state as state_lib  # noqa: E402
 from train import step as step_lib  # noqa: E402
-from train.config import OptimConfig  # noqa: E402
+from train.config import MeshConfig, OptimConfig  # noqa: E402
 
 
 def model_config(name: str, scan: bool | None):
@@ -47,12 +48,20 @@ def model_config(name: str, scan: bool | None):
   return cfg
 
 
+class _Parts(dict):
+  """Prints each part as it is timed (a run cut short still shows what finished)."""
+
+  def __setitem__(self, key, value):
+    super().__setitem__(key, value)
+    print(f"  {key}: {value:.2f}" if isinstance(value, float) else f"  {key}: {value}", flush=True)
+
+
 def time_parts(cfg, batch: int, seq: int) -> dict:
-  t = {}
+  t = _Parts()
   clock = time.perf_counter
   build = lambda rngs: build_model(cfg, rngs=rngs)
   tx = state_lib.make_optimizer(OptimConfig(), 1000)
-  mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"))
+  mesh = mesh_lib.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])  # the trainer's mesh
 
   t0 = clock()
   model_def, abstract_params = state_lib.abstract_model(build)
@@ -94,7 +103,7 @@ def time_parts(cfg, batch: int, seq: int) -> dict:
     jax.block_until_ready(out)
     t["step_run"] = clock() - t0
   t["ready_s"] = sum(v for k, v in t.items() if isinstance(v, float))
-  return t
+  return dict(t)
 
 
 def main(argv=None) -> int:

@@ -144,7 +144,8 @@ def model_config(kind: str, d_model: int, *, vocab_size: int = 8192, num_layers:
   fields = {f.name for f in dataclasses.fields(registry.config_class(kind))}
   H = num_heads_for(d_model)
   kw: dict[str, Any] = dict(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=num_layers,
-                            max_position_embeddings=max(2048, seq_len), dtype=dtype)
+                            max_position_embeddings=max(2048, seq_len), dtype=dtype,
+                            embed_grad="sorted")  # MQAR's filler 0 makes a scatter-add gradient serialise
   if "num_heads" in fields:
     kw["num_heads"] = H
   if "num_key_value_heads" in fields:
@@ -266,8 +267,9 @@ class SweepTrainer:
 
 
 def train_group(kind: str, d_model: int, cell: tuple[int, int], runs: list[tuple[float, int]], proto: Protocol,
-                *, vmapped: bool, cache_dir: str | None, on_epoch=None) -> list[dict[str, Any]]:
-  """Trains the (lr, seed) `runs` of one (kind, d_model, cell), together when `vmapped`; one row per run."""
+                *, vmapped: bool, cache_dir: str | None, on_epoch=None, impl: str | None = None) -> list[dict[str, Any]]:
+  """Trains the (lr, seed) `runs` of one (kind, d_model, cell), together when `vmapped`; one row per run.
+  `impl`: the models' attn_impl (None: the preset's); numerics only, so not part of the protocol."""
   T, N = cell
   train_np = mqar_set(T, N, proto.train_examples, "train", proto, cache_dir)
   test_np = mqar_set(T, N, proto.test_examples, "eval", proto, cache_dir)
@@ -276,7 +278,7 @@ def train_group(kind: str, d_model: int, cell: tuple[int, int], runs: list[tuple
   steps_per_epoch = proto.train_examples // B
   total = steps_per_epoch * proto.epochs
   config = model_config(kind, d_model, vocab_size=proto.vocab_size, num_layers=proto.num_layers,
-                        seq_len=seq_len, dtype=proto.dtype)
+                        seq_len=seq_len, dtype=proto.dtype, **({"attn_impl": impl} if impl else {}))
   facts = model_facts(config, seq_len)
   train = tuple(jnp.asarray(train_np[k]) for k in ("inputs", "qpos", "qtgt"))
   test = tuple(jnp.asarray(test_np[k]) for k in ("inputs", "qpos", "qtgt"))

@@ -71,6 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--random-filler", action="store_true", help="random filler tokens instead of 0")
   p.add_argument("--report-only", action="store_true", help="rewrite results.md and the plots, train nothing")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.add_argument("--impl", default=None, help="the models' attn_impl (default: the preset's, auto)")
   p.add_argument("--workers", type=int, default=1,
                  help="processes sharing the device (each trains its own groups; compiles overlap)")
   p.add_argument("--time-budget", type=float, default=0.0,
@@ -181,7 +182,7 @@ def _run_groups(a, proto, todo, path, deadline, *, quiet: bool) -> None:
     bar.set_description(f"{kind} d={d} {cell[0]}x{cell[1]}")
     step = lambda e, n=(len(runs) if a.vmap_lrs else 1): bar.update(n)  # run-epochs done
     rows = train_group(kind, d, cell, runs, proto, vmapped=a.vmap_lrs, cache_dir=os.path.join(a.out, "data"),
-                       on_epoch=step)
+                       on_epoch=step, impl=a.impl)
     _append_rows(path, rows)
     best = max(rows, key=lambda r: r["accuracy"])
     bar.set_postfix(acc=f"{best['accuracy']:.3f}", refresh=False)
