@@ -30,6 +30,17 @@ def tpu_interpret_params(detect_races: bool = True):
   return pltpu.InterpretParams(detect_races=detect_races, uninitialized_memory="nan")
 
 
+@functools.cache
+def gpu_interpret_params():
+  """`interpret=` value that runs a Mosaic GPU kernel on CPU: `plgpu.InterpretGPUParams()`, public from
+  JAX 0.11; JAX 0.10 has it only in `jax._src.pallas.mosaic_gpu.interpret.params`."""
+  from jax.experimental.pallas import mosaic_gpu as plgpu  # imported on use: Mosaic GPU is optional
+  cls = getattr(plgpu, "InterpretGPUParams", None)
+  if cls is None:
+    from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams as cls
+  return cls()
+
+
 def triton_compiler_params(num_warps: int, num_stages: int):
   """Explicit Triton compiler params; without them JAX 0.10 lowers a GPU pallas_call to Mosaic GPU."""
   return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)

@@ -36,7 +36,10 @@ CHUNK_LINEAR_ATTN = Op("chunk_linear_attn", check=_check_chunk,
                        auto_order=CHUNK_SIMPLE_GLA.auto_order,
                        default_auto=CHUNK_SIMPLE_GLA.default_auto,
                        backends={"triton": "pallas_kernels.linear_attn.triton:IMPLEMENTATION",
-                                 "tpu": "pallas_kernels.linear_attn.tpu:IMPLEMENTATION"})
+                                 "tpu": "pallas_kernels.linear_attn.tpu:IMPLEMENTATION",
+                                 "mosaic_gpu": "pallas_kernels.linear_attn.mosaic_gpu:IMPLEMENTATION",
+                                 "mosaic_gpu_interpret":
+                                     "pallas_kernels.linear_attn.mosaic_gpu:INTERPRET_IMPLEMENTATION"})
 FUSED_RECURRENT_LINEAR_ATTN = Op("fused_recurrent_linear_attn", check=_check_recurrent,
                                  auto_order={})
 

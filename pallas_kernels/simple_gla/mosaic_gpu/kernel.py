@@ -1,0 +1,218 @@
+"""The Mosaic GPU (Hopper) forward kernel of chunk_simple_gla (docs/ops.md): one program per
+(b·h, V tile) walks the chunks of 64 tokens in order with the float32 state S [Kp, BV] in registers.
+
+Per chunk, with G the chunk-local inclusive cumsum of the log decay and Γ its last row (everything
+that depends only on the gate is precomputed by `ops.prepare` into the `vec` operand, see `VEC_ROWS`):
+
+  o  = qf ⊙ (q S) + (s · (q kᵀ) ⊙ M) v     qf_t = s · e^{G_t} · [t in the chunk's first document]
+  S' = sd · S + (kᵀ ⊙ kf) v                kf_s = e^{Γ − G_s} · [s in the chunk's last document]
+                                           sd = e^{Γ} · [no document starts inside the chunk]
+  M_ts = e^{G_t − G_s} for s ≤ t in one document, else 0 (the exponent is −inf before the exp).
+
+Every matmul is a `plgpu.wgmma` whose two operands are SMEM tiles (q [C, Kp], kᵀ [Kp, C], v [C, BV],
+and the bf16/fp16 copies of S, of the scores and of the decayed keys the kernel writes there), so no
+operand is transposed in SMEM and none comes from registers: the layout JAX 0.10's interpret mode
+runs, and one code path for interpret and compiled. Keys arrive transposed ([B, H, Kp, Tp], made by
+`ops.prepare`). Loads of TMA'd tiles into registers take an explicit layout when compiled
+(`plgpu.load`, which interpret mode lacks) and a plain `ref[...]` when interpreted.
+
+Tiles: C = 64 rows per chunk; Kp a multiple of 64 (wgmma's M for kᵀ v); BV 64 or 128. The input
+tiles of chunk n + 1 are TMA'd into a second buffer while chunk n computes (`FwdOptions.buffers`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels import compat
+
+pl = compat.pl
+C = 64
+F32 = jnp.float32
+VEC_ROWS = ("G", "qf", "kf", "sd", "doc")  # rows of the [B, H, R, Tp] float32 gate operand ("doc" with
+#                                            segment_ids only: the document index, exact in float32)
+WGMMA = plgpu.Layout.WGMMA
+ROWS = WGMMA.reduce(1)  # one value per row of a WGMMA tile
+COLS = WGMMA.reduce(0)  # one value per column
+
+
+@dataclasses.dataclass(frozen=True)
+class FwdOptions:
+  """Static facts of one forward launch (padded sizes)."""
+
+  B: int
+  H: int
+  T: int  # padded to a multiple of C
+  K: int  # padded to a multiple of 64
+  V: int  # padded to a multiple of BV
+  BV: int
+  dtype: str  # q/k/v dtype: the wgmma operand dtype
+  scale: float
+  has_h0: bool
+  has_seg: bool
+  want_ht: bool
+  interpret: bool = False
+  buffers: int = 2  # 2: chunk n + 1's tiles load while chunk n computes; 1 where two do not fit SMEM
+
+  @property
+  def N(self) -> int:
+    return self.T // C
+
+  @property
+  def R(self) -> int:
+    return len(VEC_ROWS) if self.has_seg else len(VEC_ROWS) - 1
+
+  def smem_bytes(self) -> int:
+    """Shared memory the kernel allocates (compiled: must stay under the H200's 227 KiB)."""
+    it = jnp.dtype(self.dtype).itemsize
+    K, BV = self.K, self.BV
+    inputs = self.buffers * (C * K + K * C + C * BV)  # q, kᵀ, v
+    tiles = K * C + K * BV + C * C + C * BV  # decayed kᵀ, S, A, o
+    return it * (inputs + tiles) + 4 * (self.buffers * self.R * C + K * BV)  # + gate rows, h0 / ht
+
+
+def _smem(shape, dtype):
+  """An SMEM tile tiled and swizzled for TMA and wgmma (minor dim = last dim)."""
+  dtype = jnp.dtype(dtype)
+  swizzle = plgpu.find_swizzle(shape[-1] * dtype.itemsize * 8)
+  return plgpu.SMEM(shape, dtype, transforms=(plgpu.TilingTransform((8, swizzle // dtype.itemsize)),
+                                              plgpu.SwizzleTransform(swizzle)))
+
+
+def _read(ref, layout, opts: FwdOptions):
+  """A whole SMEM ref into registers: `plgpu.load` with `layout` compiled, `ref[...]` interpreted."""
+  if opts.interpret:
+    return ref[...]
+  return plgpu.load(ref, (), layout=layout)
+
+
+def _zeros(shape, opts: FwdOptions):
+  z = jnp.zeros(shape, F32)
+  return z if opts.interpret else plgpu.layout_cast(z, WGMMA)
+
+
+def _iota(shape, dim, opts: FwdOptions):
+  if opts.interpret:
+    return lax.broadcasted_iota(jnp.int32, shape, dim)
+  return plgpu.broadcasted_iota(jnp.int32, shape, dim, layout=WGMMA)
+
+
+def _mm(a_ref, b_ref, shape):
+  """a @ b of two SMEM tiles on the tensor cores, float32 accumulation, as registers. The barrier keeps
+  arithmetic on the result after the accumulator's wait."""
+  def body(acc):
+    plgpu.wgmma(acc, a_ref, b_ref)
+    return acc[...]
+  return lax.optimization_barrier(pl.run_scoped(body, plgpu.ACC(shape, F32)))
+
+
+def _rows(x, shape):
+  return lax.broadcast_in_dim(x, shape, [0])
+
+
+def _cols(x, shape):
+  return lax.broadcast_in_dim(x, shape, [1])
+
+
+def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, v_s, vec_s, s_s, a_s, kd_s, o_s, st_s, bar, st_bar):
+  q_ref, kt_ref, v_ref, vec_ref, *rest = refs
+  h0_ref = rest.pop(0) if opts.has_h0 else None
+  o_ref, *rest = rest
+  ht_ref = rest.pop(0) if opts.want_ht else None
+  K, BV, dt = opts.K, opts.BV, jnp.dtype(opts.dtype)
+  bh, vt = lax.axis_index("bh"), lax.axis_index("v")
+  b, h = lax.div(bh, opts.H), lax.rem(bh, opts.H)
+  cols = pl.ds(vt * BV, BV)
+  if opts.has_h0:
+    plgpu.copy_gmem_to_smem(h0_ref.at[b, h, :, cols], st_s, st_bar)
+    plgpu.barrier_wait(st_bar)
+    S0 = _read(st_s, WGMMA, opts)
+  else:
+    S0 = _zeros((K, BV), opts)
+
+  def issue(n, slot):  # TMA of chunk n's tiles into buffer `slot`
+    rows = pl.ds(n * C, C)
+    plgpu.copy_gmem_to_smem(q_ref.at[b, rows, h], q_s.at[slot], bar.at[slot])
+    plgpu.copy_gmem_to_smem(kt_ref.at[b, h, :, rows], kt_s.at[slot], bar.at[slot])
+    plgpu.copy_gmem_to_smem(v_ref.at[b, rows, h, cols], v_s.at[slot], bar.at[slot])
+    plgpu.copy_gmem_to_smem(vec_ref.at[b, h, :, rows], vec_s.at[slot], bar.at[slot])
+
+  double = opts.buffers == 2
+  if double:
+    issue(0, 0)
+
+  def step(n, S):  # S: [K, BV] float32, the state entering chunk n
+    rows = pl.ds(n * C, C)
+    slot = lax.rem(n, 2) if double else 0
+    if not double:
+      issue(n, 0)
+    plgpu.barrier_wait(bar.at[slot])
+    if double:
+      @pl.when(n + 1 < opts.N)
+      def _prefetch():  # chunk n + 1 loads while chunk n computes (its buffer was freed by n − 1)
+        plgpu.commit_smem()
+        issue(n + 1, 1 - slot)
+
+    q, kt, v, vec = q_s.at[slot], kt_s.at[slot], v_s.at[slot], vec_s.at[slot]
+    s_s[...] = S.astype(dt)
+    plgpu.commit_smem()
+    qS = _mm(q, s_s, (C, BV))
+    qk = _mm(q, kt, (C, C))
+    G_r, G_c = _read(vec.at[0], ROWS, opts), _read(vec.at[0], COLS, opts)
+    live = _iota((C, C), 0, opts) >= _iota((C, C), 1, opts)
+    if opts.has_seg:
+      doc = vec.at[VEC_ROWS.index("doc")]
+      live = live & (_rows(_read(doc, ROWS, opts), (C, C)) == _cols(_read(doc, COLS, opts), (C, C)))
+    M = jnp.exp(jnp.where(live, _rows(G_r, (C, C)) - _cols(G_c, (C, C)), -jnp.inf))
+    a_s[...] = (qk * M * opts.scale).astype(dt)
+    kf = _read(vec.at[2], COLS, opts)
+    kd_s[...] = (_read(kt, WGMMA, opts).astype(F32) * _cols(kf, (K, C))).astype(dt)
+    plgpu.commit_smem()
+    o = qS * _rows(_read(vec.at[1], ROWS, opts), (C, BV)) + _mm(a_s, v, (C, BV))
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous chunk's o has left o_s
+    o_s[...] = o.astype(o_s.dtype)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(o_s, o_ref.at[b, rows, h, cols])
+    return S * vec[3, 0] + _mm(kd_s, v, (K, BV))
+
+  S = lax.fori_loop(0, opts.N, step, S0)
+  if opts.want_ht:
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+    st_s[...] = S
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(st_s, ht_ref.at[b, h, :, cols])
+  plgpu.wait_smem_to_gmem(0)
+
+
+def compiler_params():
+  """Lane semantics (explicit layouts), spelled out: JAX 0.11 changed the default to Warpgroup."""
+  return plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane)
+
+
+def chunk_fwd(q, kt, v, vec, h0, opts: FwdOptions):
+  """q [B, Tp, H, Kp], kt [B, H, Kp, Tp], v [B, Tp, H, Vp] (one 16-bit dtype; float32 in interpret
+  mode), vec [B, H, R, Tp] f32, h0 [B, H, Kp, Vp] f32 or None → o [B, Tp, H, Vp] (v.dtype) and, with
+  `opts.want_ht`, the final state [B, H, Kp, Vp] f32 (else None)."""
+  B, T, H, K, V, BV = opts.B, opts.T, opts.H, opts.K, opts.V, opts.BV
+  dt = jnp.dtype(opts.dtype)
+  out_type = [compat.pallas_out_struct((B, T, H, V), v.dtype, q)]
+  if opts.want_ht:
+    out_type.append(compat.pallas_out_struct((B, H, K, V), F32, q))
+  nb = opts.buffers
+  scratch = dict(q_s=_smem((nb, C, K), dt), kt_s=_smem((nb, K, C), dt), v_s=_smem((nb, C, BV), dt),
+                 vec_s=plgpu.SMEM((nb, opts.R, C), F32), s_s=_smem((K, BV), dt), a_s=_smem((C, C), dt),
+                 kd_s=_smem((K, C), dt), o_s=_smem((C, BV), v.dtype), st_s=_smem((K, BV), F32),
+                 bar=plgpu.Barrier(num_arrivals=4, num_barriers=nb), st_bar=plgpu.Barrier())
+  run = plgpu.kernel(functools.partial(fwd_kernel, opts=opts), out_type=out_type,
+                     scratch_types=scratch, grid=(B * H, V // BV), grid_names=("bh", "v"),
+                     compiler_params=compiler_params(), kernel_name="simple_gla_mosaic_fwd",
+                     interpret=compat.gpu_interpret_params() if opts.interpret else None)
+  args = [q, kt, v, vec] + ([h0] if opts.has_h0 else [])
+  outs = run(*args)
+  outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+  return outs[0], (outs[1] if opts.want_ht else None)

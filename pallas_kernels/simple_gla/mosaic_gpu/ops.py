@@ -1,0 +1,235 @@
+"""chunk_simple_gla with its forward in Mosaic GPU (Hopper: TMA + wgmma, `kernel.py`); impls
+"mosaic_gpu" (compiled, sm90 GPUs) and "mosaic_gpu_interpret" (Mosaic GPU interpret mode, any platform).
+Neither is in an `auto` order: they are explicit-only until qualified on the GPU.
+
+The backward is NOT a Mosaic kernel yet: the custom_vjp's backward is the vjp of the "xla" impl
+(`pallas_kernels.simple_gla.chunk.chunk_simple_gla_xla`) at the same inputs — it recomputes that
+forward, so training through "mosaic_gpu" costs one Mosaic forward plus XLA's forward and backward.
+Gradients: q, k, v, g, initial_state (g_gamma is a constant of the op, as in every impl).
+
+What `prepare` does outside the kernel (XLA, O(B·T·H·(K + V)) elementwise work): pads T to a multiple of
+64, K to a multiple of 64 and V to a multiple of the V tile (zeros: inert — k = v = 0 adds nothing, a
+padded gate of 0 decays nothing), transposes k to [B, H, Kp, Tp], and turns the gate (g [B, T, H],
+g_gamma [H] or none) and segment_ids into the per-token rows of `kernel.VEC_ROWS`: G (chunk-local
+cumsum of the log decay, entries raised to −60 like the Triton kernels', so −inf is a clean reset),
+the query factor s·e^{G}, the key factor e^{Γ−G}, the state factor e^{Γ}, each times its document
+mask (packed documents restart the state exactly as the Triton kernels do: queries read the carried
+state only in the chunk's first document, keys feed it only from its last, and it decays into the next
+chunk only if no document starts inside), and the document index.
+
+Inputs: any T; K, V in 1..512 (padded as above); "mosaic_gpu" takes bf16 / fp16 q, k, v (the wgmma
+operand dtype; S, the scores and the decayed keys are rounded to it for their matmuls, as the Triton
+kernel rounds them to bf16) and needs the kernel's SMEM to fit (K ≤ 256 at BV = 64);
+"mosaic_gpu_interpret" also takes float32 (exact float32 matmuls: the tests' tight checks).
+`chunk_size` is accepted for the op contract; the kernel uses 64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.common.checks import CallInfo, check_simple_gla_inputs, default_scale
+from pallas_kernels.common.dispatch import Implementation
+from pallas_kernels.common.segments import doc_index
+from pallas_kernels.simple_gla.chunk import chunk_simple_gla_xla
+from pallas_kernels.simple_gla.mosaic_gpu.kernel import C, F32, FwdOptions, chunk_fwd
+
+MAX_DIM = 512
+G_FLOOR = -60.0  # log decays are raised to this (e^-60 ≈ 1e-26: zero next to what it is added to)
+SMEM_LIMIT = 227 * 1024  # an H100/H200 block's shared memory
+COMPILED_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Static facts of one call (the custom_vjp's non-differentiable argument)."""
+
+  info: CallInfo
+  scale: float
+  output_final_state: bool
+  chunk_size: int
+  block_v: int
+  interpret: bool
+
+
+def _round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
+def _pad(x, axis: int, size: int, mode: str = "constant"):
+  if x.shape[axis] == size:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, widths, mode=mode)
+
+
+def default_block_v(info: CallInfo) -> int:
+  """V tile: 128 where the padded V allows it, K ≤ 128 (the f32 state tile [Kp, BV] lives in
+  registers) and there are still ≥ 132 programs (one per SM); else 64."""
+  Kp, V64 = _round_up(info.K, 64), _round_up(info.V, 64)
+  if V64 % 128 == 0 and Kp <= 128 and info.B * info.H * (V64 // 128) >= 132:
+    return 128
+  return 64
+
+
+def fwd_options(info: CallInfo, scale: float, block_v: int, want_ht: bool, interpret: bool):
+  """The launch's options; double-buffered input tiles where they fit the SMEM (the same choice in
+  interpret mode, so both forms are tested)."""
+  opts = FwdOptions(B=info.B, H=info.H, T=_round_up(info.T, C), K=_round_up(info.K, 64),
+                    V=_round_up(info.V, block_v), BV=block_v, dtype=jnp.dtype(info.dtype).name,
+                    scale=scale, has_h0=info.has_initial_state, has_seg=info.has_segment_ids,
+                    want_ht=want_ht, interpret=interpret)
+  return opts if opts.smem_bytes() <= SMEM_LIMIT else dataclasses.replace(opts, buffers=1)
+
+
+def gate_rows(info: CallInfo, g, g_gamma, segment_ids, scale: float, Tp: int):
+  """The kernel's [B, H, R, Tp] float32 gate operand (rows `kernel.VEC_ROWS`)."""
+  B, T, H = info.B, info.T, info.H
+  if info.gate == "scalar":
+    ge = jnp.swapaxes(jnp.maximum(g.astype(F32), G_FLOOR), 1, 2)  # [B, H, T]
+  elif info.gate == "constant":  # a constant of the op: no gradient
+    gamma = jnp.maximum(jax.lax.stop_gradient(g_gamma).astype(F32), G_FLOOR)
+    ge = jnp.broadcast_to(gamma[None, :, None], (B, H, T))
+  else:
+    ge = jnp.zeros((B, H, T), F32)
+  N = Tp // C
+  G = jnp.cumsum(_pad(ge, 2, Tp).reshape(B, H, N, C), axis=-1)  # padded rows (g = 0) do not decay
+  gam = G[..., -1:]
+  if segment_ids is not None:  # padding continues the last document
+    d = _pad(doc_index(segment_ids), 1, Tp, mode="edge").reshape(B, 1, N, C)
+    prev = jnp.concatenate([jnp.zeros_like(d[:, :, :1, -1:]), d[:, :, :-1, -1:]], axis=2)
+    last = d[..., -1:]
+    cin, tail, carry = d == prev, d == last, last == prev
+  else:
+    cin = tail = carry = jnp.ones((1, 1, 1, 1), bool)
+  rows = [G, jnp.where(cin, jnp.exp(G) * scale, 0.0), jnp.where(tail, jnp.exp(gam - G), 0.0),
+          jnp.broadcast_to(jnp.where(carry, jnp.exp(gam), 0.0), G.shape)]
+  if segment_ids is not None:
+    rows.append(jnp.broadcast_to(d.astype(F32), G.shape))
+  return jnp.stack([r.reshape(B, H, Tp) for r in rows], axis=2)
+
+
+def prepare(cfg: Config, q, k, v, g, g_gamma, h0, segment_ids):
+  """→ (FwdOptions, the kernel's operands (q, kᵀ, v, gate rows, h0))."""
+  info = cfg.info
+  opts = fwd_options(info, cfg.scale, cfg.block_v, cfg.output_final_state, cfg.interpret)
+  Tp, Kp, Vp = opts.T, opts.K, opts.V
+  pad_k = lambda x: _pad(_pad(x, 1, Tp), 3, Kp)
+  kt = jnp.transpose(pad_k(k), (0, 2, 3, 1))  # [B, H, Kp, Tp]
+  vec = gate_rows(info, g, g_gamma, segment_ids, cfg.scale, Tp)
+  if h0 is not None:
+    h0 = _pad(_pad(h0.astype(F32), 2, Kp), 3, Vp)
+  return opts, (pad_k(q), kt, _pad(_pad(v, 1, Tp), 3, Vp), vec, h0)
+
+
+def _forward(cfg: Config, q, k, v, g, g_gamma, h0, seg):
+  opts, operands = prepare(cfg, q, k, v, g, g_gamma, h0, seg)
+  o, ht = chunk_fwd(*operands, opts)
+  info = cfg.info
+  o = o[:, :info.T, :, :info.V]
+  return o, (ht[:, :, :info.K, :info.V] if ht is not None else None)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _chunk_simple_gla_mosaic(cfg: Config, q, k, v, g, g_gamma, h0, seg):
+  return _forward(cfg, q, k, v, g, g_gamma, h0, seg)
+
+
+def _fwd_rule(cfg, q, k, v, g, g_gamma, h0, seg):
+  return _forward(cfg, q, k, v, g, g_gamma, h0, seg), (q, k, v, g, g_gamma, h0, seg)
+
+
+def _bwd_rule(cfg, residuals, cotangents):
+  """The vjp of the "xla" impl at the same inputs (its forward recomputed): not yet a Mosaic kernel."""
+  q, k, v, g, g_gamma, h0, seg = residuals
+
+  def xla(q, k, v, g, h0):
+    return chunk_simple_gla_xla(cfg.info, q, k, v, g, g_gamma=g_gamma, scale=cfg.scale,
+                                initial_state=h0, output_final_state=cfg.output_final_state,
+                                segment_ids=seg, chunk_size=cfg.chunk_size)
+
+  _, vjp = jax.vjp(xla, q, k, v, g, h0)
+  do, dht = cotangents
+  dq, dk, dv, dg, dh0 = vjp((do.astype(v.dtype), dht))
+  return dq, dk, dv, dg, None, dh0, None
+
+
+_chunk_simple_gla_mosaic.defvjp(_fwd_rule, _bwd_rule)
+
+
+def chunk_simple_gla_mosaic(q, k, v, g=None, *, g_gamma=None, scale=None, initial_state=None,
+                            output_final_state=False, segment_ids=None, chunk_size=64,
+                            interpret: bool = False, block_v: int | None = None):
+  """Chunkwise simple GLA, forward in Mosaic GPU (`chunk_simple_gla`'s contract; module docstring).
+
+  Args:
+    q, k: [B, T, H, K]; v: [B, T, H, V]; any T, K and V up to 512 (compiled: bf16 / fp16, K ≤ 256).
+    g: [B, T, H] log decay per token and head (≤ 0; −inf allowed), or None.
+    g_gamma: [H] constant log decay per head, or None (at most one of g, g_gamma; neither: no decay).
+    scale: defaults to K ** -0.5.
+    initial_state: [B, H, K, V] or None.
+    output_final_state: also return the state after the last token.
+    segment_ids: [B, T] int; the state restarts at every change of id.
+    chunk_size: accepted for the op contract (a multiple of 16); the kernel uses 64.
+    interpret: run the kernel in Mosaic GPU interpret mode (CPU; float32 inputs allowed).
+    block_v: V tile, 64 or 128 (default `default_block_v`).
+
+  Returns:
+    (o [B, T, H, V] in v.dtype, final_state [B, H, K, V] float32 or None); differentiable w.r.t. q, k,
+    v, g and initial_state (the backward is the "xla" impl's vjp).
+
+  Example:
+    >>> B, T, H, K, V = 1, 100, 2, 48, 96
+    >>> q = k = jnp.ones((B, T, H, K), jnp.bfloat16); v = jnp.ones((B, T, H, V), jnp.bfloat16)
+    >>> g = jnp.full((B, T, H), -0.1)
+    >>> o, ht = chunk_simple_gla_mosaic(q, k, v, g, output_final_state=True, interpret=True)
+  """
+  info = check_simple_gla_inputs(q, k, v, g, g_gamma=g_gamma, scale=scale,
+                                 initial_state=initial_state, segment_ids=segment_ids,
+                                 chunk_size=chunk_size, output_final_state=output_final_state)
+  reason = check_call(info, interpret=interpret, block_v=block_v)
+  if reason is not None:
+    raise ValueError(f"chunk_simple_gla_mosaic: {reason}")
+  return _run(info, q, k, v, g, g_gamma=g_gamma, scale=scale, initial_state=initial_state,
+              output_final_state=output_final_state, segment_ids=segment_ids,
+              chunk_size=chunk_size, interpret=interpret, block_v=block_v)
+
+
+def _run(info: CallInfo, q, k, v, g=None, *, g_gamma=None, scale=None, initial_state=None,
+         output_final_state=False, segment_ids=None, chunk_size=64, interpret=False, block_v=None):
+  cfg = Config(info=info, scale=default_scale(scale, info.K), output_final_state=output_final_state,
+               chunk_size=chunk_size, block_v=block_v or default_block_v(info), interpret=interpret)
+  return _chunk_simple_gla_mosaic(cfg, q, k, v, g, g_gamma, initial_state, segment_ids)
+
+
+def check_call(info: CallInfo, interpret: bool = False, block_v: int | None = None) -> str | None:
+  """Why the Mosaic GPU forward cannot serve a call (None if it can)."""
+  if info.gate not in ("scalar", "constant", "none"):
+    return f"gate kind must be scalar, constant or none, got {info.gate!r}"
+  if info.K > MAX_DIM or info.V > MAX_DIM:
+    return f"K and V must be at most {MAX_DIM}, got K={info.K}, V={info.V}"
+  if block_v is not None and block_v not in (64, 128):
+    return f"block_v must be 64 or 128, got {block_v!r}"
+  if interpret:
+    return None
+  if jnp.dtype(info.dtype) not in COMPILED_DTYPES:
+    return (f"the compiled kernel takes bfloat16 or float16 q, k, v (wgmma operands), got "
+            f"{info.dtype}; cast them, or use impl='xla'")
+  opts = fwd_options(info, 1.0, block_v or default_block_v(info), True, False)
+  if opts.smem_bytes() > SMEM_LIMIT:
+    return (f"the kernel's tiles need {opts.smem_bytes()} bytes of shared memory at K={info.K}, "
+            f"V tile {opts.BV} (> {SMEM_LIMIT}); K ≤ 256 fits")
+  return None
+
+
+IMPLEMENTATION = Implementation(
+    "mosaic_gpu", functools.partial(_run, interpret=False), platforms=frozenset({"gpu"}),
+    check=functools.partial(check_call, interpret=False))
+INTERPRET_IMPLEMENTATION = Implementation(
+    "mosaic_gpu_interpret", functools.partial(_run, interpret=True),
+    check=functools.partial(check_call, interpret=True))

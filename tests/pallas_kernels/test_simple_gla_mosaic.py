@@ -1,0 +1,212 @@
+"""The Mosaic GPU simple-GLA forward (impl "mosaic_gpu_interpret": Mosaic GPU interpret mode on CPU)
+against the float32 spec (`naive_recurrent_simple_gla`).
+
+Outputs, final state and every gradient (through the custom_vjp, whose backward is the "xla" impl's
+vjp) for each gate kind (g, g_gamma, none), initial states, T not a multiple of 64, K ≠ V with K and V
+padded to the 64-wide tiles (16, 48, 64, 96, 128) and a 128-wide V tile, packed documents, strong decay
+(≈ −20 per token) with −inf entries, float32 (tight bounds: interpret mode multiplies float32 exactly)
+and bf16 / fp16 (relative-RMS bounds); argument errors; dispatch (explicit-only). GPU-marked: the
+compiled kernel (sm90) against "xla" at the benchmark shapes.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.common.checks import check_simple_gla_inputs
+from pallas_kernels.simple_gla import ops
+from pallas_kernels.simple_gla.mosaic_gpu import check_call, chunk_simple_gla_mosaic
+from pallas_kernels.simple_gla.mosaic_gpu.ops import default_block_v, fwd_options
+from tests.pallas_kernels.simple_gla_testing import (BF16_TOL, Case, assert_close, make_inputs,
+                                                     outputs_and_grads, reference, rel_err)
+
+F32_TOL = {"o": 1e-5, "final_state": 1e-5, "dq": 1e-5, "dk": 1e-5, "dv": 1e-5, "dg": 1e-4,
+           "dh0": 1e-5}  # dg: the xla impl's bound (chunk-cumsum exponent differences)
+TOL = {"float32": F32_TOL, "bfloat16": BF16_TOL, "float16": BF16_TOL}
+
+
+def _run(case: Case, **kw):
+  fn = functools.partial(ops.chunk_simple_gla, impl="mosaic_gpu_interpret", **kw)
+  return jax.jit(functools.partial(outputs_and_grads, fn))(make_inputs(case))
+
+
+CASES = [
+    Case(T=130, K=16, V=16),  # three chunks, the last one partial; K, V padded 16 → 64
+    Case(T=100, K=64, V=128, gate="constant"),
+    Case(T=64, K=48, V=96, gate="none", h0=False),
+    Case(T=70, K=32, V=32, strength="strong", neg_inf=True),  # ≈ −20 per token, −inf resets
+    Case(T=130, K=16, V=32, seg=True),  # packed documents, ids that repeat
+    Case(T=90, K=16, V=16, gate="constant", strength="strong", neg_inf=True, seg=True, B=1),
+    Case(T=130, K=64, V=64, dtype="bfloat16"),
+    Case(T=80, K=48, V=96, gate="constant", dtype="float16", B=1),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_matches_spec(case):
+  assert_close(_run(case), reference(case), TOL[case.dtype])
+
+
+def test_wide_v_tile_and_k_neq_v():
+  case = Case(T=70, K=64, V=128, B=1, H=1)
+  assert_close(_run(case), reference(case), F32_TOL)
+  inputs = make_inputs(case)
+  o, ht = chunk_simple_gla_mosaic(inputs.q, inputs.k, inputs.v, inputs.g, initial_state=inputs.h0,
+                                  output_final_state=True, interpret=True, block_v=128)
+  ref = reference(case)
+  assert rel_err(o, ref.o) < 1e-5 and rel_err(ht, ref.final_state) < 1e-5
+
+
+def test_large_dims_forward():
+  """K, V up to 512 in interpret mode (forward only; V tiled by 64)."""
+  case = Case(T=64, K=512, V=80, B=1, H=1)
+  x = make_inputs(case)
+  o, ht = ops.chunk_simple_gla(x.q, x.k, x.v, x.g, initial_state=x.h0, output_final_state=True,
+                               impl="mosaic_gpu_interpret")
+  ref = reference(case)
+  assert rel_err(o, ref.o) < 1e-5 and rel_err(ht, ref.final_state) < 1e-5
+
+
+def test_no_final_state_and_default_scale():
+  case = Case(T=20, K=16, V=16, h0=False, B=1, H=1)
+  x = make_inputs(case)
+  o, ht = ops.chunk_simple_gla(x.q, x.k, x.v, x.g, scale=0.5, impl="mosaic_gpu_interpret")
+  assert ht is None
+  o_ref, _ = ops.chunk_simple_gla(x.q, x.k, x.v, x.g, scale=0.5, impl="naive")
+  assert rel_err(o, o_ref) < 1e-5
+
+
+def test_gradients_without_final_state():
+  x = make_inputs(Case(T=70, K=16, V=32, h0=False, B=1))
+  grad = lambda impl: jax.grad(lambda q, k, v, g: ops.chunk_simple_gla(q, k, v, g, impl=impl)[0].sum(),
+                               argnums=(0, 1, 2, 3))(x.q, x.k, x.v, x.g)
+  for a, b in zip(grad("mosaic_gpu_interpret"), grad("xla")):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
+def test_strong_decay_bf16_is_finite():
+  case = Case(T=130, K=16, V=16, strength="strong", neg_inf=True, dtype="bfloat16")
+  got = _run(case)
+  assert all(np.isfinite(np.asarray(a, np.float32)).all() for a in got if a is not None)
+  assert_close(got, reference(case), BF16_TOL)
+
+
+def test_gradients_equal_xla():
+  """The custom_vjp's backward is the xla impl's vjp: the same gradients."""
+  case = Case(T=70, K=16, V=32, seg=True)
+  got = _run(case)
+  want = jax.jit(functools.partial(outputs_and_grads,
+                                   functools.partial(ops.chunk_simple_gla, impl="xla")))(
+      make_inputs(case))
+  for name, a, b in zip(("dq", "dk", "dv", "dg", "dh0"), got[2:], want[2:]):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+# ------------------------------------------------------------------------------------------------
+# arguments and dispatch
+# ------------------------------------------------------------------------------------------------
+
+
+def _info(B=1, T=8, H=1, K=16, V=16, dtype=jnp.bfloat16, **kw):
+  q = jnp.zeros((B, T, H, K), dtype)
+  return check_simple_gla_inputs(q, q, jnp.zeros((B, T, H, V), dtype), **kw)
+
+
+def test_errors():
+  q = jnp.zeros((1, 8, 1, 16))
+  with pytest.raises(ValueError, match="K and V must be at most 512"):
+    chunk_simple_gla_mosaic(jnp.zeros((1, 8, 1, 520)), jnp.zeros((1, 8, 1, 520)), q, interpret=True)
+  with pytest.raises(ValueError, match="block_v must be 64 or 128"):
+    chunk_simple_gla_mosaic(q, q, q, interpret=True, block_v=32)
+  with pytest.raises(ValueError, match="g must have shape"):
+    chunk_simple_gla_mosaic(q, q, q, jnp.zeros((1, 8, 1, 16)), interpret=True)
+  with pytest.raises(ValueError, match="bfloat16 or float16"):
+    chunk_simple_gla_mosaic(q, q, q)  # compiled: float32 is not a wgmma operand dtype here
+  with pytest.raises(ValueError, match="runs on \\['gpu'\\], not on cpu"):
+    ops.chunk_simple_gla(q, q, q, impl="mosaic_gpu")
+
+
+def test_check_call():
+  assert check_call(_info()) is None
+  assert check_call(_info(K=256, V=512)) is None  # fits the SMEM at BV = 64
+  assert "shared memory" in check_call(_info(K=512, V=64))
+  assert check_call(_info(K=512, V=512), interpret=True) is None
+  assert "bfloat16 or float16" in check_call(_info(dtype=jnp.float32))
+
+
+def test_tiles():
+  assert default_block_v(_info(B=16, H=16, K=128, V=128)) == 128  # ≥ 132 programs at BV = 128
+  assert default_block_v(_info(B=8, H=16, K=128, V=128)) == 64
+  assert default_block_v(_info(B=8, H=4, K=256, V=512)) == 64
+  opts = fwd_options(_info(T=130, K=48, V=96), 1.0, 64, True, True)
+  assert (opts.T, opts.K, opts.V) == (192, 64, 128)
+  assert opts.buffers == 2  # the next chunk's tiles prefetched ...
+  assert fwd_options(_info(K=512, V=80), 1.0, 64, True, True).buffers == 1  # ... unless SMEM is short
+
+
+def test_explicit_only():
+  for order in ops.CHUNK_SIMPLE_GLA.auto_order.values():
+    assert "mosaic_gpu" not in order and "mosaic_gpu_interpret" not in order
+  assert {"mosaic_gpu", "mosaic_gpu_interpret"} <= set(ops.available_impls())
+
+
+# ------------------------------------------------------------------------------------------------
+# the compiled kernel (an sm90 GPU)
+# ------------------------------------------------------------------------------------------------
+
+
+def _is_sm90() -> bool:
+  d = jax.devices()[0]
+  return d.platform == "gpu" and getattr(d, "compute_capability", "") == "9.0"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(8, 2048, 16, 128, 128), (8, 2048, 4, 256, 512), (2, 300, 2, 48, 96)])
+@pytest.mark.parametrize("gate", ["scalar", "constant"])
+def test_compiled_matches_xla(shape, gate):
+  if not _is_sm90():
+    pytest.skip("needs an sm90 (Hopper) GPU")
+  B, T, H, K, V = shape
+  ks = jax.random.split(jax.random.key(0), 5)
+  q, k = (jax.random.normal(kk, (B, T, H, K), jnp.bfloat16) for kk in ks[:2])
+  v = jax.random.normal(ks[2], (B, T, H, V), jnp.bfloat16)
+  g = jax.nn.log_sigmoid(jax.random.normal(ks[3], (B, T, H))) / 16 if gate == "scalar" else None
+  g_gamma = jnp.log1p(-(2.0 ** (-5.0 - jnp.arange(H)))) if gate == "constant" else None
+  h0 = jax.random.normal(ks[4], (B, H, K, V))
+  run = lambda impl: jax.jit(functools.partial(ops.chunk_simple_gla, impl=impl, g_gamma=g_gamma,
+                                               initial_state=h0, output_final_state=True))(q, k, v, g)
+  (o, ht), (o_ref, ht_ref) = run("mosaic_gpu"), run("xla")
+  assert rel_err(o, o_ref) < 1e-2 and rel_err(ht, ht_ref) < 1e-2
+
+
+# ------------------------------------------------------------------------------------------------
+# the compiled path, lowered deviceless on any machine (Pallas → Mosaic GPU MLIR; not ptxas, not run)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dims,dtype,gate,h0,seg,block_v", [
+    ((8, 2048, 16, 128, 128), jnp.bfloat16, "scalar", True, False, None),
+    ((2, 256, 2, 128, 128), jnp.bfloat16, "scalar", True, False, 128),
+    ((8, 2048, 4, 256, 512), jnp.bfloat16, "scalar", True, False, None),
+    ((2, 300, 2, 48, 96), jnp.bfloat16, "constant", True, True, None),
+    ((2, 300, 2, 16, 16), jnp.float16, "none", False, False, None),
+])
+def test_lowers_for_cuda(dims, dtype, gate, h0, seg, block_v):
+  B, T, H, K, V = dims
+  q, v = jax.ShapeDtypeStruct((B, T, H, K), dtype), jax.ShapeDtypeStruct((B, T, H, V), dtype)
+  g = jax.ShapeDtypeStruct((B, T, H), jnp.float32) if gate == "scalar" else None
+  g_gamma = jnp.full((H,), -0.1) if gate == "constant" else None
+  h = jax.ShapeDtypeStruct((B, H, K, V), jnp.float32) if h0 else None
+  s = jax.ShapeDtypeStruct((B, T), jnp.int32) if seg else None
+  info = _info(B, T, H, K, V, dtype)  # only the shapes matter to the chunk_simple_gla_mosaic checks
+  assert check_call(info, block_v=block_v) is None
+
+  def f(q, k, v, g, h, s):
+    return chunk_simple_gla_mosaic(q, k, v, g, g_gamma=g_gamma, initial_state=h, segment_ids=s,
+                                   output_final_state=True, block_v=block_v)
+
+  text = jax.jit(f).trace(q, q, v, g, h, s).lower(lowering_platforms=("cuda",)).as_text()
+  assert "mosaic_gpu" in text
