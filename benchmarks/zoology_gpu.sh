@@ -3,7 +3,7 @@
 #
 #   STAGES="probe" bash benchmarks/zoology_gpu.sh                      # sizes --epochs
 #   STAGES="grid jrt" EPOCHS=4 BUDGET=420 WORKERS=6 bash benchmarks/zoology_gpu.sh
-#   STAGES="lm" LM_STEPS=2000 bash benchmarks/zoology_gpu.sh
+#   STAGES="lm" LM_STEPS=2000 bash benchmarks/zoology_gpu.sh          # carry runs/tokens (see the lm stage)
 #
 # Results accumulate in runs/zoology (carry it back into the next call: the sweep resumes; finished runs
 # are skipped) and are copied to $OUT with the logs. The data sets are made on the machine (not carried).
@@ -60,7 +60,11 @@ for stage in ${STAGES:-probe}; do
         > "$OUT/jrt.log" 2>&1
       echo "jrt rc=$?"; grep -v -i "warn" "$OUT/jrt.log" | tail -40 ;;
     lm)
+      # the GPU image has no tensorflow_datasets/grain: train from the token file exported on the CPU
+      # machine (python -m train.data.tokens export --corpus stdlib --tokenizer bpe --bpe-vocab 4096
+      # --out runs/tokens/stdlib_bpe4096.npz; 2.9 MB) and carried with the call
       timeout "${LM_BUDGET:-500}" python3 -m train.zoology_lm --steps "${LM_STEPS:-2000}" --bf16 \
+        --tokens "${LM_TOKENS:-runs/tokens/stdlib_bpe4096.npz}" --eval-batches 1 \
         --workers "${LM_WORKERS:-3}" --out runs/zoology_lm --quiet > "$OUT/lm.log" 2>&1
       echo "lm rc=$?"; grep -v -i "warn" "$OUT/lm.log" | tail -30
       cp runs/zoology_lm/lm_results.* runs/zoology_lm/lm_curves.png "$OUT"/ 2>/dev/null ;;

@@ -77,15 +77,25 @@ class TextConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class TokensConfig:
+  """Pre-tokenized LM data: a token file of `python -m train.data.tokens export` (numpy only, train/data/tokens.py)."""
+
+  path: str = ""  # the .npz token file (flat token stream and document starts per split, metadata)
+  eval_split: str = "validation"  # split used for evaluation (fixed windows 0, T, 2T, ... in order)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
   """What the model is trained on; `batch_size` is global (all hosts, one optimizer step)."""
 
-  kind: Literal["mqar", "text", "synthetic"] = "mqar"  # synthetic = uniform random tokens (throughput only)
+  kind: Literal["mqar", "text", "synthetic", "tokens"] = "mqar"  # synthetic = uniform random tokens (throughput
+  #                                                              only); tokens = a pre-tokenized token file
   batch_size: int = 64  # sequences per optimizer step, over all hosts and micro-batches
   seq_len: int = 128  # tokens per sequence
-  seed: int = 0  # data seed (MQAR/synthetic draws are a pure function of seed, step and row)
+  seed: int = 0  # data seed (MQAR/synthetic draws and token-file windows: a pure function of seed, step and row)
   mqar: MQARConfig = dataclasses.field(default_factory=MQARConfig)
   text: TextConfig = dataclasses.field(default_factory=TextConfig)
+  tokens: TokensConfig = dataclasses.field(default_factory=TokensConfig)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
