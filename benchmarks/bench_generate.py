@@ -54,6 +54,7 @@ from gla_jax.generate import generate  # noqa: E402
 from gla_jax.models import build_model, presets  # noqa: E402
 from pallas_kernels.gla import ops as gla_ops  # noqa: E402
 from pallas_kernels.gla.ops import fused_recurrent_gla  # noqa: E402
+from bench_train import run_child  # noqa: E402  (a child process's failure as one line)
 
 HBM_SPEC_GBPS = 4800.0  # H200 HBM3e datasheet
 F32 = jnp.float32
@@ -252,14 +253,6 @@ def run_generate(args, res: Results) -> None:
 # ------------------------------------------------------------------------------------------------ fla
 
 
-def _child(cmd: list[str], timeout: float, what: str) -> str | None:
-  try:
-    rc = subprocess.run(cmd, timeout=timeout).returncode
-  except subprocess.TimeoutExpired:
-    return f"{what} timed out after {timeout:.0f} s"
-  return None if rc == 0 else f"{what} exited with {rc}"
-
-
 def compare_fla(args, argv: list[str]) -> dict:
   """The JAX child, then the fla child (this process never touches the GPU); one dict."""
   work = tempfile.mkdtemp(prefix="bench_generate_")
@@ -268,7 +261,7 @@ def compare_fla(args, argv: list[str]) -> dict:
   base = os.path.splitext(args.out)[0] if args.out else os.path.join(work, "gen")
   jax_out, fla_out = base + ".jax.json", base + ".fla.json"
   me = os.path.abspath(__file__)
-  err = _child([sys.executable, me, *argv, "--jax-only", "--out", jax_out], args.jax_timeout, "the JAX run")
+  err = run_child([sys.executable, me, *argv, "--jax-only", "--out", jax_out], args.jax_timeout, "the JAX run")
   ours = json.load(open(jax_out)) if os.path.isfile(jax_out) else {"info": {}, "micro": [], "sweep": [],
                                                                    "generate": []}
   if err:
@@ -285,7 +278,7 @@ def compare_fla(args, argv: list[str]) -> dict:
     from bench_train_fla import triton_cache_in
     triton_cache_in(args.fla_cache)
     worker = os.path.join(os.path.dirname(me), "bench_generate_fla.py")
-    err = _child([sys.executable, worker, spec_path, fla_out], args.fla_timeout, "the fla run")
+    err = run_child([sys.executable, worker, spec_path, fla_out], args.fla_timeout, "the fla run")
     fla = json.load(open(fla_out)) if os.path.isfile(fla_out) else {}
     if err:
       fla["error"] = err

@@ -193,7 +193,7 @@ def fla_spec(model_cfg, batch: int, seq: int, steps: int, warmup: int, fla_confi
           "fla_configs": fla_configs, "optim": dataclasses.asdict(optim)}
 
 
-def _child(cmd: list[str], timeout: float, what: str) -> str | None:
+def run_child(cmd: list[str], timeout: float, what: str) -> str | None:
   """Runs a child process (its output passes through); None, or why it failed."""
   try:
     rc = subprocess.run(cmd, timeout=timeout).returncode
@@ -208,7 +208,7 @@ def compare_fla(args, argv: list[str]) -> dict:
   work = tempfile.mkdtemp(prefix="bench_train_")
   jax_out, fla_out, spec_path = (os.path.join(work, n) for n in ("jax.json", "fla.json", "spec.json"))
   me = os.path.abspath(__file__)
-  err = _child([sys.executable, me, *argv, "--jax-only", "--out", jax_out], args.jax_timeout, "the JAX run")
+  err = run_child([sys.executable, me, *argv, "--jax-only", "--out", jax_out], args.jax_timeout, "the JAX run")
   ours = json.load(open(jax_out)) if os.path.isfile(jax_out) else {"info": {}, "results": []}
   if err:
     ours["error"] = err
@@ -225,7 +225,7 @@ def compare_fla(args, argv: list[str]) -> dict:
     json.dump(spec, open(spec_path, "w"))
     triton_cache_in(args.fla_cache)
     worker = os.path.join(os.path.dirname(me), "bench_train_fla.py")
-    err = _child([sys.executable, worker, spec_path, fla_out], args.fla_timeout, "the fla run")
+    err = run_child([sys.executable, worker, spec_path, fla_out], args.fla_timeout, "the fla run")
     fla = json.load(open(fla_out)) if os.path.isfile(fla_out) else {}
     if err:
       fla["error"] = err

@@ -67,7 +67,31 @@ def random_tokens_example(rng: np.random.Generator, *, seq_len: int, vocab_size:
   return {"inputs": x[:-1], "targets": x[1:], "mask": np.ones(seq_len, bool)}
 
 
-class StepIndexedSource:
+class StepState:
+  """A data source whose batch is a pure function of the step (`batch_at(step)`): its whole state is the
+  step, so a checkpoint stores one number and resuming at step s reproduces the same batches."""
+
+  step: int = 0
+
+  def batch_at(self, step: int) -> dict[str, np.ndarray]:
+    raise NotImplementedError
+
+  def next(self) -> dict[str, np.ndarray]:
+    batch = self.batch_at(self.step)
+    self.step += 1
+    return batch
+
+  def get_state(self) -> dict:
+    return {"step": self.step}
+
+  def set_state(self, state: dict) -> None:
+    self.step = int(state["step"])
+
+  def reset(self) -> None:
+    self.step = 0
+
+
+class StepIndexedSource(StepState):
   """Local batches of a generator that is a pure function of (seed, split, step, row).
 
   `next()` returns this host's rows [process_index * local_batch, (process_index + 1) * local_batch) of the
@@ -98,16 +122,3 @@ class StepIndexedSource:
     rows = [self.example(step, self.first_row + i) for i in range(self.local_batch)]
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
-  def next(self) -> dict[str, np.ndarray]:
-    batch = self.batch_at(self.step)
-    self.step += 1
-    return batch
-
-  def get_state(self) -> dict:
-    return {"step": self.step}
-
-  def set_state(self, state: dict) -> None:
-    self.step = int(state["step"])
-
-  def reset(self) -> None:
-    self.step = 0

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from train.data.mqar import StepState
+
 FORMAT = "gla-jax-tokens/1"
 _TRAIN_TAG = 0x746F6B  # "tok": the seed sequence's split word for training windows
 _ARG = "data.tokens.path"
@@ -200,7 +202,7 @@ def window_batch(stream: np.ndarray, starts: np.ndarray, begin: np.ndarray, seq_
   return {"inputs": x[:, :-1], "targets": x[:, 1:], "mask": np.ones(seg.shape, bool), "segment_ids": seg}
 
 
-class TokenSource:
+class TokenSource(StepState):
   """This host's rows [process_index · b, (process_index + 1) · b) of each global batch of a token split.
 
   Example: `src = TokenSource(load(path), split="train", global_batch=64, seq_len=512, seed=0)`;
@@ -226,19 +228,6 @@ class TokenSource:
                           shuffle=self.shuffle)
     return window_batch(self.stream, self.doc_starts, begin, self.seq_len)
 
-  def next(self) -> dict[str, np.ndarray]:
-    batch = self.batch_at(self.step)
-    self.step += 1
-    return batch
-
-  def get_state(self) -> dict:
-    return {"step": self.step}
-
-  def set_state(self, state: dict) -> None:
-    self.step = int(state["step"])
-
-  def reset(self) -> None:
-    self.step = 0
 
 
 # ------------------------------------------------------------------------------------------------ export
