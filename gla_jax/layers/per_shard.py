@@ -33,7 +33,9 @@ are resolved like parameter names (`sharding.resolve`): through the active `nnx.
 unsplit. The trainer traces its steps with ("batch", ("data", "fsdp")) and ("heads", "tensor") active
 (train/step.py). Without a mesh, on a one-device mesh, or when neither name resolves to a mesh axis of
 size > 1 (axes already Manual, inside an enclosing shard_map, do not count), the op is called directly
-(notebooks, `nnx.eval_shape`, single-device runs): nothing asked for a split.
+(notebooks, `nnx.eval_shape`, single-device runs): nothing asked for a split — except under a mesh with
+Explicit axes (`jax.make_mesh`'s default), whose shardings in the avals the Pallas kernels cannot lower:
+there the op always runs in a shard_map (replicated when nothing splits).
 
 Unsplittable dimensions (`on_unsplittable`): under a mesh no kernel runs on implicitly gathered inputs.
 A mesh axis that does not divide its dimension (e.g. decoding one sequence on a data-parallel mesh) is,
@@ -225,11 +227,15 @@ def _split(batch_size, num_heads, mesh, on_unsplittable, what) -> ShardPlan | No
   if on_unsplittable not in ON_UNSPLITTABLE:
     raise ValueError(f"on_unsplittable must be one of {ON_UNSPLITTABLE}, got {on_unsplittable!r}")
   mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
-  if mesh is None or mesh.empty or mesh.size == 1:
+  if mesh is None or mesh.empty:
     return None
-  if not ((batch_size is not None and _wanted(BATCH, mesh)) or
-          (num_heads is not None and _wanted(HEADS, mesh))):
-    return None
+  # Explicit axes put shardings in the avals, which the Pallas kernels cannot lower (measured: "Length of
+  # sharding.spec (2) must be equal to aval's ndim (1)" on an H200): such calls always run in a shard_map,
+  # where the axes are Manual, replicated when nothing splits.
+  explicit = bool(compat.mesh_axes_of_type(mesh, "Explicit"))
+  if mesh.size == 1 or not ((batch_size is not None and _wanted(BATCH, mesh)) or
+                            (num_heads is not None and _wanted(HEADS, mesh))):
+    return ShardPlan(mesh=mesh, batch=(), heads=()) if explicit else None
   batch = _axes_for(BATCH, batch_size, mesh, set(), on_unsplittable, what)
   heads = _axes_for(HEADS, num_heads, mesh, set(batch), on_unsplittable, what)
   return ShardPlan(mesh=mesh, batch=batch, heads=heads)

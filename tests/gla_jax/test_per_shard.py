@@ -164,6 +164,25 @@ def test_explicit_mesh_inputs_are_resharded_to_the_specs():
   assert tuple(state.sharding.spec) == (("data", "fsdp"), "tensor", None, None)
 
 
+def test_explicit_one_device_mesh_runs_the_kernel_in_a_shard_map():
+  """Explicit axes put shardings in the avals, which the Pallas kernels cannot lower: under such a mesh a
+  call that splits nothing still runs in a (replicated) shard_map; values and gradients are the spec's."""
+  from pallas_kernels.gla.triton.ops import chunk_gla_triton
+  kernel = per_shard(functools.partial(chunk_gla_triton, interpret=True), ps.GLA_LAYOUT)
+  ks = jax.random.split(jax.random.key(3), 4)
+  q, k, v, g = (jax.random.normal(kk, (1, 40, 2, 16)) for kk in ks)
+  g = jax.nn.log_sigmoid(g)
+  loss = lambda fn: lambda *a: jnp.sum(fn(*a)[0] ** 2)
+  ref = jax.grad(loss(functools.partial(chunk_gla, impl="naive")), argnums=(0, 1, 2, 3))(q, k, v, g)
+  with jax.set_mesh(_mesh((1, 1, 1), "Explicit")):
+    assert "shard_map" in _primitives(lambda *a: kernel(*a)[0], q, k, v, g)
+    got = jax.jit(jax.grad(loss(kernel), argnums=(0, 1, 2, 3)))(q, k, v, g)
+  for a, b in zip(got, ref):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5 * float(jnp.abs(b).max()))
+  with jax.set_mesh(_mesh((1, 1, 1))):  # Auto axes: called directly, as before
+    assert "shard_map" not in _primitives(lambda *a: kernel(*a)[0], q, k, v, g)
+
+
 def test_bad_shapes_raise_the_op_error_not_a_shard_map_error():
   q = jnp.zeros((8, 16, 4, 16))
   with jax.set_mesh(_mesh((2, 2, 2))), nnx.logical_axis_rules(RULES):
