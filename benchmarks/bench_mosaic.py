@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
 import time
+
+from bench_gla import _time  # the median-of-reps timer of the GLA bench
 
 SHAPES = {  # B, T, H, K, V (benchmarks/bench_gla.py's s1..s5)
     "s1": (8, 2048, 16, 128, 128),
@@ -26,19 +27,6 @@ SHAPES = {  # B, T, H, K, V (benchmarks/bench_gla.py's s1..s5)
     "s5": (8, 2048, 4, 128, 256),
     "tiny": (1, 128, 2, 32, 32),
 }
-
-
-def _time(fn, args, iters: int = 10, reps: int = 5) -> float:
-  import jax
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    for _ in range(iters):
-      out = fn(*args)
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - t) / iters * 1e3)
-  return statistics.median(times)
 
 
 def main() -> None:
