@@ -6,7 +6,7 @@
 #   STAGES="lm" LM_STEPS=2000 bash benchmarks/zoology_gpu.sh          # carry runs/tokens (see the lm stage)
 #
 # Results accumulate in runs/zoology (carry it back into the next call: the sweep resumes; finished runs
-# are skipped) and are copied to $OUT with the logs. The data sets are made on the machine (not carried).
+# are skipped) and are copied to $OUT with the logs (every 20 s: STAGE_TIMEOUT caps a grid/jrt stage). The data sets are made on the machine (not carried).
 set -u
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/zoology_out}
@@ -32,6 +32,9 @@ T0=$(date +%s)
 since() { echo "== $1 at $(( $(date +%s) - T0 ))s"; }
 save() { cp "$RUNS"/results.jsonl "$RUNS"/results.md "$RUNS"/*.png "$OUT"/ 2>/dev/null; true; }
 trap save EXIT
+# copy the results out every 20 s too: a device call killed at its limit skips the EXIT trap
+( while sleep 20; do save; done ) &
+SAVER=$!
 
 for stage in ${STAGES:-probe}; do
   since "$stage"
@@ -50,12 +53,12 @@ for stage in ${STAGES:-probe}; do
         cp /tmp/zoo_diag_$impl/results.jsonl "$OUT/diag_$impl.jsonl" 2>/dev/null
       done ;;
     grid)
-      timeout $(( BUDGET + 240 )) python3 -m train.zoology --kinds "$KINDS" --dims "$DIMS" --cells "$CELLS" \
+      timeout "${STAGE_TIMEOUT:-$(( BUDGET + 240 ))}" python3 -m train.zoology --kinds "$KINDS" --dims "$DIMS" --cells "$CELLS" \
         --epochs "$EPOCHS" ${BF16:+--bf16} --vmap-lrs --workers "$WORKERS" --time-budget "$BUDGET" --out "$RUNS" \
         > "$OUT/grid.log" 2>&1
       echo "grid rc=$?"; grep -v -i "warn" "$OUT/grid.log" | tail -70 ;;
     jrt)
-      timeout $(( BUDGET + 240 )) python3 -m train.zoology --kinds "$FIXED" --dims "$DIMS" --cells 512x64 --jrt \
+      timeout "${STAGE_TIMEOUT:-$(( BUDGET + 240 ))}" python3 -m train.zoology --kinds "$FIXED" --dims "$DIMS" --cells 512x64 --jrt \
         --epochs "$EPOCHS" ${BF16:+--bf16} --vmap-lrs --workers "$WORKERS" --time-budget "$BUDGET" --out "$RUNS" \
         > "$OUT/jrt.log" 2>&1
       echo "jrt rc=$?"; grep -v -i "warn" "$OUT/jrt.log" | tail -40 ;;
@@ -71,4 +74,5 @@ for stage in ${STAGES:-probe}; do
   esac
   save
 done
+kill $SAVER 2>/dev/null
 since done
