@@ -3,6 +3,7 @@
 #
 #   STAGES="probe" bash benchmarks/zoology_gpu.sh                      # sizes --epochs
 #   STAGES="grid jrt" EPOCHS=4 BUDGET=420 WORKERS=6 bash benchmarks/zoology_gpu.sh
+#   STAGES="grid" RESUME_FROM=benchmarks/zoology/results.jsonl bash benchmarks/zoology_gpu.sh   # committed rows
 #   STAGES="lm" LM_STEPS=2000 bash benchmarks/zoology_gpu.sh          # carry runs/tokens (see the lm stage)
 #
 # Results accumulate in runs/zoology (carry it back into the next call: the sweep resumes; finished runs
@@ -19,6 +20,8 @@ FIXED=${FIXED:-based,gla,mamba2,retnet,linear_attn,hgrn2,hedgehog,swa}
 DIMS=${DIMS:-64,128,256}
 CELLS=${CELLS:-256x16,512x64}
 mkdir -p "$OUT" "$RUNS"
+# RESUME_FROM=benchmarks/zoology/results.jsonl: start from the committed rows (a fresh checkout has no runs/)
+if [ -n "${RESUME_FROM:-}" ] && [ ! -f "$RUNS/results.jsonl" ]; then cp "$RESUME_FROM" "$RUNS/results.jsonl"; fi
 export PYTHONPATH=$PWD
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
