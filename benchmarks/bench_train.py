@@ -250,8 +250,11 @@ def model_config(args, impl: str):
   return cfg
 
 
-def variants_of(args) -> list[tuple[int, str]]:
-  policies = args.remat_policy or (["full"] if args.remat else ["none"])
+def variants_of(args, cfg=None) -> list[tuple[int, str]]:
+  """(loss_chunk, remat_policy) pairs: --remat-policy's, else --remat's "full", else the model config's own
+  (the large presets: remat with "dots_and_op_out", which their scanned step needs; "none" if no remat)."""
+  own = ("none" if not cfg.remat else cfg.remat_policy) if cfg is not None else "none"
+  policies = args.remat_policy or (["full"] if args.remat else [own])
   return [(c, p) for c in args.loss_chunk for p in policies]
 
 
@@ -314,7 +317,7 @@ def main(argv=None) -> int:
     ok = False
     for b in args.batch:
       try:
-        rs = bench_variants(cfg, variants_of(args), b, args.seq, args.steps, args.warmup)
+        rs = bench_variants(cfg, variants_of(args, cfg), b, args.seq, args.steps, args.warmup)
       except Exception as e:  # init failed (OOM): try the next size
         rs = [{"batch": b, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}]
       for r in rs:

@@ -29,12 +29,15 @@ Checks that need values (they cannot raise under jit, where the values are trace
 
 from __future__ import annotations
 
+import warnings
+
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gla_jax.layers import remat as remat_lib
 from gla_jax.layers.linear import dense, embedding, take_rows
 from gla_jax.layers.mixers import registry
 from gla_jax.layers.mlp import GatedMLP
@@ -111,9 +114,8 @@ def _remat(fn, config):
   policy = getattr(config, "remat_policy", "full")
   if not config.remat or policy == "none":
     return fn
-  if policy == "full":
-    return nnx.remat(fn)
-  return nnx.remat(fn, policy=getattr(jax.checkpoint_policies, policy))
+  chosen = remat_lib.policy(policy)
+  return nnx.remat(fn) if chosen is None else nnx.remat(fn, policy=chosen)
 
 
 class CausalLM(nnx.Module):
@@ -131,6 +133,10 @@ class CausalLM(nnx.Module):
     D, std = config.hidden_size, config.initializer_range
     self.embeddings = embedding(config.vocab_size, D, init_std=std, dtype=dt, param_dtype=pdt, rngs=rngs)
     if config.scan_layers:
+      if not config.remat or getattr(config, "remat_policy", "full") == "none":
+        warnings.warn("scan_layers without remat: the backward keeps every intermediate of every layer "
+                      "(about 5x the activation memory of remat_policy='dots_and_op_out' at GLA-340M; "
+                      "gla_jax/layers/remat.py); set remat=True with a remat_policy", stacklevel=2)
       self.layers = None
       self.runs = nnx.List([scan.stacked_module(lambda r, i=run[0]: make_block(config, i, r), len(run), rngs=rngs)
                             for run in scan.layer_runs(config)])

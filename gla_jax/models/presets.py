@@ -11,7 +11,9 @@
 
 Every function takes keyword overrides (`gla_340m(dtype="bfloat16", remat=True)`). The 340M and 1.3B
 presets scan over layers (`scan_layers=True`: stacked params, one lax.scan per run of identical layers,
-gla_jax/models/scan.py; pass scan_layers=False for the per-layer layout); the tiny ones do not.
+gla_jax/models/scan.py; pass scan_layers=False for the per-layer layout) with remat on, policy
+"dots_and_op_out" (matmul and op outputs kept; a scanned step needs remat, gla_jax/layers/remat.py); the
+tiny ones do neither.
 `tiny(kind)` is the CPU-sized model of any mixer kind (gla_jax/layers/mixers/registry.py), `hybrid_tiny()`
 a GLA model whose second layer is sliding-window attention.
 """
@@ -23,7 +25,10 @@ import importlib
 from gla_jax.layers.mixers import registry
 from gla_jax.models.configs import GLAConfig, ModelConfig, TransformerConfig
 
-_LARGE = {"scan_layers": True}  # the large presets' default: depth-independent compile and init
+# the large presets' default: depth-independent compile and init (scan_layers), and the remat that a scanned
+# step needs: without it the loop keeps every intermediate of every layer (GLA-340M at 16 x 2048: ~105 GiB,
+# out of memory on an H200; gla_jax/layers/remat.py)
+_LARGE = {"scan_layers": True, "remat": True, "remat_policy": "dots_and_op_out"}
 
 
 def tiny(kind: str, **overrides) -> ModelConfig:

@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gla_jax.layers import remat as remat_lib
+
 LAYERS_AXIS = "layers"  # logical name of the stacked axis (train/mesh.py replicates it)
 
 # mixer kinds whose math depends on the static layer index beyond what `_layer_key` lists: every layer
@@ -108,8 +110,8 @@ def remat_wrap(fn: Callable, config) -> Callable:
   policy = getattr(config, "remat_policy", "full")
   if not config.remat or policy == "none":
     return fn
-  kw = {} if policy == "full" else {"policy": getattr(jax.checkpoint_policies, policy)}
-  return jax.checkpoint(fn, prevent_cse=False, **kw)
+  chosen = remat_lib.policy(policy)
+  return jax.checkpoint(fn, prevent_cse=False, **({} if chosen is None else {"policy": chosen}))
 
 
 def scan_run(stacked: nnx.Module, layer: nnx.Module, carry, xs, body: Callable, *, remat_config=None):

@@ -21,6 +21,10 @@ def test_variants_and_defaults():
                                            (1024, "dots_saveable")]
   assert bench_train.variants_of(bench_train.parse_args([])) == [(1024, "none")]  # the old CLI: no remat
   assert bench_train.variants_of(bench_train.parse_args(["--remat"])) == [(1024, "full")]
+  # no remat flag: the model config's own (the scanned large presets need remat)
+  from gla_jax.models import presets  # pylint: disable=g-import-not-at-top
+  assert bench_train.variants_of(bench_train.parse_args([]), presets.gla_340m()) == [(1024, "dots_and_op_out")]
+  assert bench_train.variants_of(bench_train.parse_args([]), presets.gla_tiny()) == [(1024, "none")]
   cfg = bench_train.variant_config(bench_train.model_config(bench_train.parse_args([]), "auto"), "none")
   assert cfg.remat is False and cfg.dtype == "bfloat16"
   with pytest.raises(SystemExit):

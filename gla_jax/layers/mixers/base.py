@@ -37,11 +37,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from gla_jax.layers.conv import ShortConvolution
 from gla_jax.layers.linear import dense
 from gla_jax.layers.norm import GatedRMSNorm, RMSNorm
 from gla_jax.layers.per_shard import per_shard
+from gla_jax.layers.remat import OP_OUT
 
 _f32 = jnp.float32
 
@@ -277,6 +279,7 @@ class LinearAttentionMixer(Mixer):
       o, state = per_shard(self.op)(q, k, v, **gate, **dict(self.op_options), initial_state=h0,
                                     output_final_state=want_cache, segment_ids=segment_ids,
                                     chunk_size=self.chunk_size, impl=self.impl)
+    o = checkpoint_name(o, OP_OUT)  # remat_policy "dots_and_op_out" keeps it (gla_jax/layers/remat.py)
     y = self.output(o, x)
     return y, (RecurrentCache(state=state, conv=conv_states) if want_cache else None)
 

@@ -30,11 +30,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from gla_jax.layers.conv import ShortConvolution
 from gla_jax.layers.linear import dense
 from gla_jax.layers.mixers.base import Mixer, RecurrentCache, config_dtypes
 from gla_jax.layers.per_shard import per_shard
+from gla_jax.layers.remat import OP_OUT
 from gla_jax.layers.sharding import make_param, with_axes
 from pallas_kernels.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
 
@@ -231,6 +233,7 @@ class Mamba2(Mixer):
     else:
       o, state = per_shard(self.op)(q, k, v, g=g, scale=1.0, initial_state=h0, output_final_state=want_cache,
                                     segment_ids=segment_ids, chunk_size=self.chunk_size, impl=self.impl)
+    o = checkpoint_name(o, OP_OUT)  # remat_policy "dots_and_op_out" keeps it (gla_jax/layers/remat.py)
     D = self.D[...].astype(_f32)
     D = D.reshape(H, P) if self.D_has_hdim else D[:, None]
     y = (o.astype(_f32) + xs.astype(_f32) * D).reshape(B, T, I)  # + D·x skip, float32

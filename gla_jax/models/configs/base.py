@@ -26,8 +26,9 @@ from gla_jax.layers.mlp import mlp_intermediate_size
 _DTYPES = ("float32", "bfloat16", "float16")
 # what a rematerialised block saves for its backward (gla_jax/models/lm.py): "full" and
 # "nothing_saveable" keep only the block's input (everything recomputed); "dots_saveable" and
-# "dots_with_no_batch_dims_saveable" also keep matmul outputs (jax.checkpoint_policies); "none": no remat
-REMAT_POLICIES = ("full", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable", "none")
+# "dots_with_no_batch_dims_saveable" also keep matmul outputs (jax.checkpoint_policies); "dots_and_op_out"
+# also each mixer's op output (no chunk-kernel recompute); "none": no remat
+from gla_jax.layers.remat import POLICIES as REMAT_POLICIES  # noqa: E402  (gla_jax/layers/remat.py)
 
 
 def _check_common(cfg) -> None:
