@@ -1,8 +1,8 @@
 """The Mosaic GPU simple-GLA forward (impl "mosaic_gpu_interpret": Mosaic GPU interpret mode on CPU)
 against the float32 spec (`naive_recurrent_simple_gla`).
 
-Outputs, final state and every gradient (through the custom_vjp, whose backward is the "xla" impl's
-vjp) for each gate kind (g, g_gamma, none), initial states, T not a multiple of 64, K ≠ V with K and V
+Outputs, final state and every gradient (through the custom_vjp, whose backward runs the kernel three
+more times; dg of the scalar gate is the "xla" impl's) for each gate kind (g, g_gamma, none), initial states, T not a multiple of 64, K ≠ V with K and V
 padded to the 64-wide tiles (16, 48, 64, 96, 128) and a 128-wide V tile, packed documents, strong decay
 (≈ −20 per token) with −inf entries, float32 (tight bounds: interpret mode multiplies float32 exactly)
 and bf16 / fp16 (relative-RMS bounds); argument errors; dispatch (explicit-only). GPU-marked: the
@@ -83,8 +83,8 @@ def test_gradients_without_final_state():
   x = make_inputs(Case(T=70, K=16, V=32, h0=False, B=1))
   grad = lambda impl: jax.grad(lambda q, k, v, g: ops.chunk_simple_gla(q, k, v, g, impl=impl)[0].sum(),
                                argnums=(0, 1, 2, 3))(x.q, x.k, x.v, x.g)
-  for a, b in zip(grad("mosaic_gpu_interpret"), grad("xla")):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+  for name, a, b in zip(("dq", "dk", "dv", "dg"), grad("mosaic_gpu_interpret"), grad("xla")):
+    assert rel_err(a, b) < 1e-5, (name, rel_err(a, b))
 
 
 def test_strong_decay_bf16_is_finite():
@@ -94,15 +94,34 @@ def test_strong_decay_bf16_is_finite():
   assert_close(got, reference(case), BF16_TOL)
 
 
-def test_gradients_equal_xla():
-  """The custom_vjp's backward is the xla impl's vjp: the same gradients."""
-  case = Case(T=70, K=16, V=32, seg=True)
+@pytest.mark.parametrize("case", [Case(T=70, K=16, V=32, seg=True),
+                                  Case(T=130, K=48, V=96, gate="constant", seg=True, B=1),
+                                  Case(T=64, K=16, V=300, gate="none", B=1, H=1)],  # V split in two parts
+                         ids=lambda c: c.id)
+def test_gradients_match_xla(case):
+  """The Mosaic backward (three more kernel passes; dg: the xla impl's) against the xla impl's vjp."""
   got = _run(case)
   want = jax.jit(functools.partial(outputs_and_grads,
                                    functools.partial(ops.chunk_simple_gla, impl="xla")))(
       make_inputs(case))
   for name, a, b in zip(("dq", "dk", "dv", "dg", "dh0"), got[2:], want[2:]):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6, err_msg=name)
+    if b is None:
+      assert a is None, name
+      continue
+    assert rel_err(a, b) < 1e-5, (name, rel_err(a, b))
+  if case.gate == "scalar":  # dg is the xla impl's own: equal
+    np.testing.assert_allclose(np.asarray(got.dg), np.asarray(want.dg), rtol=1e-6, atol=1e-7)
+
+
+def test_backward_is_mosaic():
+  """The backward of the "constant" gate runs no XLA chunk pass: its jaxpr has the kernel four times
+  (forward, dq, dv, dk) and no einsum of the xla impl's chunked layout."""
+  x = make_inputs(Case(T=64, K=16, V=16, gate="constant", B=1, H=1))
+  f = lambda q, k, v: ops.chunk_simple_gla(q, k, v, g_gamma=x.g_gamma, impl="mosaic_gpu_interpret")[0].sum()
+  count = lambda fn: str(jax.make_jaxpr(fn)(x.q, x.k, x.v)).count("simple_gla_mosaic_fwd")
+  once = count(f)
+  assert once > 0 and count(jax.grad(f, argnums=(0, 1, 2))) == 4 * once
+  assert "dot_general" not in str(jax.make_jaxpr(jax.grad(f, argnums=(0, 1, 2)))(x.q, x.k, x.v))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,6 +201,35 @@ def test_compiled_matches_xla(shape, gate):
   assert rel_err(o, o_ref) < 1e-2 and rel_err(ht, ht_ref) < 1e-2
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape,gate", [((4, 2048, 8, 128, 128), "constant"), ((2, 1024, 4, 256, 512), "none"),
+                                        ((2, 300, 2, 48, 96), "scalar"), ((1, 777, 3, 96, 160), "constant")])
+def test_compiled_gradients_match_xla(shape, gate):
+  """The compiled backward (dq, dv, dk passes of the kernel; V 512 split in two) vs the xla impl's vjp,
+  with h0, the final state's cotangent and packed documents."""
+  if not _is_sm90():
+    pytest.skip("needs an sm90 (Hopper) GPU")
+  B, T, H, K, V = shape
+  ks = jax.random.split(jax.random.key(1), 7)
+  q, k = (jax.random.normal(kk, (B, T, H, K), jnp.bfloat16) for kk in ks[:2])
+  v, do = (jax.random.normal(kk, (B, T, H, V), jnp.bfloat16) for kk in ks[2:4])
+  g = jax.nn.log_sigmoid(jax.random.normal(ks[4], (B, T, H))) / 16 if gate == "scalar" else None
+  g_gamma = jnp.log1p(-(2.0 ** (-5.0 - jnp.arange(H)))) if gate == "constant" else None
+  h0, dht = (jax.random.normal(kk, (B, H, K, V)) for kk in ks[5:7])
+  seg = jnp.broadcast_to((jnp.arange(T) >= T // 3).astype(jnp.int32) + (jnp.arange(T) >= T // 2), (B, T))
+
+  def grads(impl):
+    def f(q, k, v, h0):
+      return ops.chunk_simple_gla(q, k, v, g, g_gamma=g_gamma, initial_state=h0, output_final_state=True,
+                                  segment_ids=seg, impl=impl)
+    _, vjp = jax.vjp(f, q, k, v, h0)
+    return jax.jit(lambda: vjp((do, dht)))()
+
+  for name, a, b in zip(("dq", "dk", "dv", "dh0"), grads("mosaic_gpu"), grads("xla")):
+    assert np.isfinite(np.asarray(a, np.float32)).all(), name
+    assert rel_err(a, b) < 2e-2, (name, rel_err(a, b))
+
+
 # ------------------------------------------------------------------------------------------------
 # the compiled path, lowered deviceless on any machine (Pallas → Mosaic GPU MLIR; not ptxas, not run)
 # ------------------------------------------------------------------------------------------------
@@ -210,3 +258,22 @@ def test_lowers_for_cuda(dims, dtype, gate, h0, seg, block_v):
 
   text = jax.jit(f).trace(q, q, v, g, h, s).lower(lowering_platforms=("cuda",)).as_text()
   assert "mosaic_gpu" in text
+
+
+@pytest.mark.parametrize("dims,gate", [((2, 256, 2, 128, 128), "constant"), ((2, 300, 2, 64, 512), "scalar")])
+def test_backward_lowers_for_cuda(dims, gate):
+  B, T, H, K, V = dims
+  q, v = jax.ShapeDtypeStruct((B, T, H, K), jnp.bfloat16), jax.ShapeDtypeStruct((B, T, H, V), jnp.bfloat16)
+  g = jax.ShapeDtypeStruct((B, T, H), jnp.float32) if gate == "scalar" else None
+  g_gamma = jnp.full((H,), -0.1) if gate == "constant" else None
+  h = jax.ShapeDtypeStruct((B, H, K, V), jnp.float32)
+
+  def loss(q, k, v, g, h):
+    o, ht = chunk_simple_gla_mosaic(q, k, v, g, g_gamma=g_gamma, initial_state=h, output_final_state=True)
+    return o.astype(jnp.float32).sum() + ht.sum()
+
+  lower = lambda fn: jax.jit(fn).trace(q, q, v, g, h).lower(lowering_platforms=("cuda",)).as_text()
+  once = lower(loss).count("simple_gla_mosaic_fwd")
+  launches = (2 if V > 256 else 1) * 2 + 1  # dq and dk (V split in parts of 256), dv (the unused forward is
+  #                                           dropped: the loss is linear in o and ht)
+  assert once > 0 and lower(jax.grad(loss, argnums=(0, 1, 2, 4))).count("simple_gla_mosaic_fwd") == launches * once

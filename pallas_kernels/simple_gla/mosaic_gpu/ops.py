@@ -2,10 +2,27 @@
 "mosaic_gpu" (compiled, sm90 GPUs) and "mosaic_gpu_interpret" (Mosaic GPU interpret mode, any platform).
 Neither is in an `auto` order: they are explicit-only until qualified on the GPU.
 
-The backward is NOT a Mosaic kernel yet: the custom_vjp's backward is the vjp of the "xla" impl
-(`pallas_kernels.simple_gla.chunk.chunk_simple_gla_xla`) at the same inputs — it recomputes that
-forward, so training through "mosaic_gpu" costs one Mosaic forward plus XLA's forward and backward.
-Gradients: q, k, v, g, initial_state (g_gamma is a constant of the op, as in every impl).
+The backward runs the same Mosaic kernel three more times (`_bwd_rule`), on rearranged operands — the
+chunk algorithm is its own adjoint up to a transpose and a time reversal:
+
+  dq  = fwd(q=do, k=v, v=k, g, h0ᵀ)                       the state of the pass is Sᵀ [V, K]
+  dv  = rev(fwd(q=rev k, k=rev q, v=rev do, g⃖, dht / s))    its final state · s · e^{g_0} = dh0
+  dk  = rev(fwd(q=rev v, k=rev do, v=rev q, g⃖, dhtᵀ / s))
+
+with rev the flip of the time axis (segment ids flipped with it), g⃖_τ = g_{T−τ} (g⃖_0 = 0: a pair
+(t, s) decays by e^{G_t − G_s} = Π_{s<r≤t} e^{g_r} in either direction) and s the scale (the kernel
+scales what it reads from its state, so the cotangent states enter divided by s). Contractions over V
+(the dq and dk passes read V as their K) are split in parts of ≤ 256 and summed. No h or dh is stored:
+each pass keeps its state in registers. Gradients: q, k, v, g, initial_state (g_gamma is a constant of
+the op, as in every impl).
+
+dg of the scalar gate is NOT from the kernel yet: it is the "xla" impl's (its vjp w.r.t. g alone; XLA
+drops the rest), because the exact form sums each pair's own contribution from the per-chunk states h
+and dh (`chunk.chunk_gate_grad`). The shortcut revcumsum_t(Σ_K q ⊙ dq − Σ_K k ⊙ dk) + Σ ht ⊙ dht is
+exact in algebra but cancels O(1) terms (each token's own pair is in both sums): at −20 per token the
+true dg is ~1e-7 and that form's float32 error ~4e-6 (measured in interpret mode). Emitting h and dh
+per chunk from the forward and dv passes is the next step; g_gamma and the ungated op (no dg) are
+already Mosaic end to end.
 
 What `prepare` does outside the kernel (XLA, O(B·T·H·(K + V)) elementwise work): pads T to a multiple of
 64, K to a multiple of 64 and V to a multiple of the V tile (zeros: inert — k = v = 0 adds nothing, a
@@ -141,22 +158,73 @@ def _chunk_simple_gla_mosaic(cfg: Config, q, k, v, g, g_gamma, h0, seg):
 
 
 def _fwd_rule(cfg, q, k, v, g, g_gamma, h0, seg):
-  return _forward(cfg, q, k, v, g, g_gamma, h0, seg), (q, k, v, g, g_gamma, h0, seg)
+  o, ht = _forward(cfg, q, k, v, g, g_gamma, h0, seg)
+  return (o, ht), (q, k, v, g, g_gamma, h0, seg, ht)
+
+
+PART = 256  # the widest K a pass of the kernel takes (its f32 state tile [K, BV] in registers)
+
+
+def _pass(cfg: Config, q, k, v, g, h0, seg, want_ht: bool):
+  """One run of the forward kernel on (q, k, v) with the per-token log decay g [B, T, H] (or None),
+  h0 and segment ids, at the op's scale: (o, final state or None)."""
+  info = check_simple_gla_inputs(q, k, v, g, initial_state=h0, segment_ids=seg,
+                                 output_final_state=want_ht)
+  sub = Config(info=info, scale=cfg.scale, output_final_state=want_ht, chunk_size=C,
+               block_v=default_block_v(info), interpret=cfg.interpret)
+  return _forward(sub, q, k, v, g, None, h0, seg)
+
+
+def _summed(cfg, q, k, v, g, h0, seg, width: int):
+  """Σ over parts of ≤ PART columns of q and k (their shared K = `width`) of `_pass`'s o, in float32
+  (the contraction q·kᵀ and the state's rows split; h0 [B, H, width, ·] split with them)."""
+  total = None
+  for lo in range(0, width, PART):
+    cols = slice(lo, min(lo + PART, width))
+    o, _ = _pass(cfg, q[..., cols], k[..., cols], v, g, None if h0 is None else h0[:, :, cols], seg, False)
+    total = o.astype(F32) if total is None else total + o.astype(F32)
+  return total
 
 
 def _bwd_rule(cfg, residuals, cotangents):
-  """The vjp of the "xla" impl at the same inputs (its forward recomputed): not yet a Mosaic kernel."""
-  q, k, v, g, g_gamma, h0, seg = residuals
-
-  def xla(q, k, v, g, h0):
-    return chunk_simple_gla_xla(cfg.info, q, k, v, g, g_gamma=g_gamma, scale=cfg.scale,
-                                initial_state=h0, output_final_state=cfg.output_final_state,
-                                segment_ids=seg, chunk_size=cfg.chunk_size)
-
-  _, vjp = jax.vjp(xla, q, k, v, g, h0)
+  """dq, dk, dv, dg, dh0 from three more runs of the forward kernel (module docstring)."""
+  q, k, v, g, g_gamma, h0, seg, ht = residuals
   do, dht = cotangents
-  dq, dk, dv, dg, dh0 = vjp((do.astype(v.dtype), dht))
-  return dq, dk, dv, dg, None, dh0, None
+  info, s = cfg.info, cfg.scale
+  T, H = info.T, info.H
+  do = do.astype(v.dtype)
+  if info.gate == "scalar":
+    gt = jnp.maximum(g.astype(F32), G_FLOOR)  # [B, T, H], as the forward's gate rows floor it
+  elif info.gate == "constant":
+    gt = jnp.broadcast_to(jnp.maximum(jax.lax.stop_gradient(g_gamma).astype(F32), G_FLOOR), (info.B, T, H))
+  else:
+    gt = None
+  rev = lambda x: jnp.flip(x, axis=1)
+  g_rev = None if gt is None else jnp.concatenate([jnp.zeros_like(gt[:, :1]), rev(gt)[:, :T - 1]], axis=1)
+  seg_rev = None if seg is None else rev(seg)
+  if dht is not None:
+    dht = dht.astype(F32)
+  h0_t = None if h0 is None else jnp.swapaxes(h0.astype(F32), 2, 3)  # [B, H, V, K]
+
+  dq = _summed(cfg, do, v, k, gt, h0_t, seg, info.V)
+  dv, hT = _pass(cfg, rev(k), rev(q), rev(do), g_rev, None if dht is None else dht / s, seg_rev,
+                 want_ht=h0 is not None)
+  dv = rev(dv)
+  dk = rev(_summed(cfg, rev(v), rev(do), rev(q), g_rev, None if dht is None else jnp.swapaxes(dht, 2, 3) / s,
+                   seg_rev, info.V))
+  dh0 = None
+  if h0 is not None:
+    g0 = jnp.zeros((info.B, H), F32) if gt is None else gt[:, 0]
+    dh0 = (hT * s * jnp.exp(g0)[:, :, None, None]).astype(h0.dtype)
+  dg = None
+  if info.gate == "scalar":  # the "xla" impl's exact pairwise dg (module docstring); its dq/dk/dv unused
+    def xla(g):
+      return chunk_simple_gla_xla(info, q, k, v, g, scale=s, initial_state=h0,
+                                  output_final_state=cfg.output_final_state, segment_ids=seg,
+                                  chunk_size=C)
+    _, vjp = jax.vjp(xla, g)
+    (dg,) = vjp((do, None if dht is None else dht))
+  return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dg, None, dh0, None)
 
 
 _chunk_simple_gla_mosaic.defvjp(_fwd_rule, _bwd_rule)
@@ -181,7 +249,7 @@ def chunk_simple_gla_mosaic(q, k, v, g=None, *, g_gamma=None, scale=None, initia
 
   Returns:
     (o [B, T, H, V] in v.dtype, final_state [B, H, K, V] float32 or None); differentiable w.r.t. q, k,
-    v, g and initial_state (the backward is the "xla" impl's vjp).
+    v, g and initial_state (the backward: three more runs of the Mosaic kernel, module docstring).
 
   Example:
     >>> B, T, H, K, V = 1, 100, 2, 48, 96
