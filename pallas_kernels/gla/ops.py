@@ -39,7 +39,10 @@ def _check_recurrent(q, k, v, g, *, scale=None, initial_state=None, output_final
 CHUNK_GLA = Op("chunk_gla", check=_check_chunk,
                auto_order={"gpu": ("triton", "xla"), "tpu": ("xla",), "cpu": ("xla",)},
                backends={"triton": "pallas_kernels.gla.triton.ops:IMPLEMENTATION",
-                         "tpu": "pallas_kernels.gla.tpu.ops:IMPLEMENTATION"})
+                         "tpu": "pallas_kernels.gla.tpu.ops:IMPLEMENTATION",
+                         "mosaic_gpu": "pallas_kernels.gla.mosaic_gpu.ops:IMPLEMENTATION",
+                         "mosaic_gpu_interpret":
+                             "pallas_kernels.gla.mosaic_gpu.ops:INTERPRET_IMPLEMENTATION"})
 # The decode kernels serve T = 1 calls only (`check_call`); longer calls fall through to "xla".
 # GPU order: "xla" first, from benchmarks/bench_generate.py on one H200 (2026-12-02, JAX 0.11.2,
 # benchmarks/RESULTS.md): one decode step of the GLA-340M layer (H 4, K 128, V 256) at B = 64 takes

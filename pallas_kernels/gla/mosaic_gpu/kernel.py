@@ -1,0 +1,362 @@
+"""The Mosaic GPU (Hopper) forward kernel of chunk_gla (docs/ops.md): one program per (b·h, V tile) walks
+the chunks of 64 tokens in order with the float32 state S [Kp, BV] in registers, as a tuple of
+[64, BV] tiles, one per 64-wide K tile; each chunk is processed one K tile at a time.
+
+With G the chunk-local inclusive cumsum of the (floored) log gate, per key dim, and Γ its last row
+(both precomputed by `ops.prepare`; G also transposed), per chunk and K tile:
+
+  o  += (q ⊙ e^{G} ⊙ cin) S_kt                         inter part: every exponent ≤ 0
+  S_kt' = (e^{Γ} ⊙ carry) S_kt + (kᵀ ⊙ e^{Γ−Gᵀ} ⊙ tail) v   state update: every exponent ≤ 0
+  A  += A_kt (below);   after the last K tile:  o = scale · (o + (A ⊙ M) v)
+
+where cin / tail / carry are the packed-document masks of the simple-GLA kernel (queries read the
+carried state only in the chunk's first document, keys feed it only from its last, the state decays
+into the next chunk only if no document starts inside) and M the causal same-document mask.
+
+The intra-chunk scores A_ts = Σ_d q_td k_sd e^{G_td − G_sd} (s ≤ t) take one of two exact forms, chosen
+per chunk by the flag `ops.prepare` writes in the "dense" row of the gate operand:
+
+* dense (the chunk's exponent span around row 31, max_d max(G_0 − G_31, G_31 − G_63), is at most
+  `ops.DENSE_MAX_EXP`): one reference row for the whole chunk,
+  A = (q ⊙ e^{G − G_31})(kᵀ ⊙ e^{G_31 − Gᵀ}), one wgmma; every factor is within e^{±span} (bounded;
+  the products it gives above the diagonal may overflow, and are masked out by a select).
+* exact (the other chunks: strong decay, −inf resets), every exponent ≤ 0:
+  - off-diagonal 16-row sub-blocks by reference rows at sub-block boundaries: queries 32..63 × keys
+    0..31 through row 31; queries 16..31 × keys 0..15 through row 15 and 48..63 × 32..47 through row
+    47 (one wgmma for those two, its cross block masked): (q ⊙ e^{G − G_r})(kᵀ ⊙ e^{G_r − Gᵀ});
+  - the four diagonal 16×16 blocks exactly in float32, one sub-diagonal j = 0..15 at a time:
+    A_{t,t−j} = Σ_d q_td k_{t−j,d} e^{G_td − G_{t−j,d}}, from row-shifted windows of G and of k
+    (k untransposed, fetched by TMA only for the chunks that take this form).
+
+Every matmul is a `plgpu.wgmma` of two SMEM tiles, none transposed in SMEM and none from registers
+(the layout JAX 0.10's interpret mode runs; one code path for interpret and compiled), as in the
+simple-GLA kernel. Keys arrive transposed ([B, H, Kp, Tp]) and so does G. The gate tile G lives in an
+untiled float32 buffer with `PAD` leading rows, so that the exact form can read it (and the keys)
+shifted by j rows. Loads of SMEM tiles into registers take an explicit layout when compiled
+(`plgpu.load`) and a plain `ref[...]` when interpreted.
+
+Tiles: C = 64 rows per chunk; K in tiles of BK = 64; BV 64 (or 128 with single-buffered inputs). The
+input tiles of the next (chunk, K tile) step are TMA'd into a second buffer while one computes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels import compat
+
+pl = compat.pl
+C = 64  # tokens per chunk
+BK = 64  # K tile
+SUB = 16  # diagonal sub-block of the exact form
+PAD = SUB  # leading rows of the untiled gate / key buffers (windows shifted up by < SUB rows)
+REF = 31  # the dense form's reference row
+F32 = jnp.float32
+SEG_ROWS = ("cin", "tail", "carry", "doc")  # rows of the gate operand with segment_ids
+WGMMA = plgpu.Layout.WGMMA
+ROWS = WGMMA.reduce(1)  # one value per row of a WGMMA tile
+COLS = WGMMA.reduce(0)  # one value per column
+
+
+def vec_rows(has_seg: bool) -> tuple[str, ...]:
+  """Rows of the [B, H, R, Tp] float32 per-token operand: the per-chunk dense flag (broadcast over the
+  chunk's tokens) and, with segment_ids, the document masks and the document index."""
+  return ("dense",) + (SEG_ROWS if has_seg else ())
+
+
+@dataclasses.dataclass(frozen=True)
+class FwdOptions:
+  """Static facts of one forward launch (padded sizes)."""
+
+  B: int
+  H: int
+  T: int  # padded to a multiple of C
+  K: int  # padded to a multiple of BK
+  V: int  # padded to a multiple of BV
+  BV: int
+  dtype: str  # q/k/v dtype: the wgmma operand dtype
+  scale: float
+  has_h0: bool
+  has_seg: bool
+  want_ht: bool
+  interpret: bool = False
+  buffers: int = 2  # 2: the next step's tiles load while this one computes; 1 where two do not fit
+
+  @property
+  def N(self) -> int:
+    return self.T // C
+
+  @property
+  def NK(self) -> int:
+    return self.K // BK
+
+  @property
+  def R(self) -> int:
+    return len(vec_rows(self.has_seg))
+
+  def smem_bytes(self) -> int:
+    """Shared memory the kernel allocates (compiled: must stay under the H200's 227 KiB)."""
+    it = jnp.dtype(self.dtype).itemsize
+    BV = self.BV
+    step = it * (C * BK + BK * C) + 4 * ((PAD + C) * BK + BK * C)  # q, kᵀ, G, Gᵀ
+    chunk = it * C * BV + 4 * self.R * C  # v, gate rows
+    work = it * (4 * C * BK + BK * BV + C * C + C * BV + (PAD + C) * BK) + 4 * BK * BV
+    return self.buffers * (step + chunk) + work
+
+
+def _smem(shape, dtype):
+  """An SMEM tile tiled and swizzled for TMA and wgmma (minor dim = last dim)."""
+  dtype = jnp.dtype(dtype)
+  swizzle = plgpu.find_swizzle(shape[-1] * dtype.itemsize * 8)
+  return plgpu.SMEM(shape, dtype, transforms=(plgpu.TilingTransform((8, swizzle // dtype.itemsize)),
+                                              plgpu.SwizzleTransform(swizzle)))
+
+
+def _read(ref, layout, opts: FwdOptions, optimized: bool = True):
+  """A whole SMEM ref into registers: `plgpu.load` with `layout` compiled, `ref[...]` interpreted.
+  `optimized=False` for a WGMMA-layout load of an untiled buffer (it has bank conflicts)."""
+  if opts.interpret:
+    return ref[...]
+  return plgpu.load(ref, (), layout=layout, optimized=optimized)
+
+
+def _zeros(shape, opts: FwdOptions):
+  z = jnp.zeros(shape, F32)
+  return z if opts.interpret else plgpu.layout_cast(z, WGMMA)
+
+
+def _iota(shape, dim, opts: FwdOptions):
+  if opts.interpret:
+    return lax.broadcasted_iota(jnp.int32, shape, dim)
+  return plgpu.broadcasted_iota(jnp.int32, shape, dim, layout=WGMMA)
+
+
+def _mm(a_ref, b_ref, shape):
+  """a @ b of two SMEM tiles on the tensor cores, float32 accumulation, as registers. The barrier keeps
+  arithmetic on the result after the accumulator's wait."""
+  def body(acc):
+    plgpu.wgmma(acc, a_ref, b_ref)
+    return acc[...]
+  return lax.optimization_barrier(pl.run_scoped(body, plgpu.ACC(shape, F32)))
+
+
+def _rows(x, shape):
+  return lax.broadcast_in_dim(x, shape, [0])
+
+
+def _cols(x, shape):
+  return lax.broadcast_in_dim(x, shape, [1])
+
+
+def _tiles(t: dict, opts: FwdOptions):
+  """The step's q, kᵀ, G, Gᵀ tiles, (re)read from SMEM as float32 registers (the branches of the
+  scores read their own: nothing but S, the o and A accumulators stays live across the cond)."""
+  q = _read(t["q_s"], WGMMA, opts).astype(F32)
+  kT = _read(t["kt_s"], WGMMA, opts).astype(F32)
+  G = _read(t["g"].at[pl.ds(PAD, C)], WGMMA, opts, False)  # [C, BK]
+  Gt = _read(t["gt_s"], WGMMA, opts)  # [BK, C]
+  return q, kT, G, Gt
+
+
+def _dense_scores(t: dict, opts: FwdOptions):
+  """A_kt of a chunk whose span is small: one reference row (REF) for the whole chunk."""
+  dt = jnp.dtype(opts.dtype)
+  q, kT, G, Gt = _tiles(t, opts)
+  g_row = t["g"].at[PAD + REF]
+  t["qa_s"][...] = (q * jnp.exp(G - _cols(_read(g_row, COLS, opts), (C, BK)))).astype(dt)
+  t["ka_s"][...] = (kT * jnp.exp(_rows(_read(g_row, ROWS, opts), (BK, C)) - Gt)).astype(dt)
+  plgpu.commit_smem()
+  return _mm(t["qa_s"], t["ka_s"], (C, C))
+
+
+def _exact_scores(t: dict, opts: FwdOptions):
+  """A_kt with every exponent ≤ 0: reference rows at the 16-row sub-block boundaries off the diagonal,
+  float32 sub-diagonals on the diagonal blocks."""
+  dt = jnp.dtype(opts.dtype)
+  g_s = t["g"]
+  q, kT, G, Gt = _tiles(t, opts)
+  plgpu.commit_smem()
+  plgpu.copy_gmem_to_smem(t["k_src"], t["kr_s"].at[pl.ds(PAD, C)], t["k_bar"])
+  row, colk = _iota((C, BK), 0, opts), _iota((BK, C), 1, opts)
+  gr = lambda r, layout: _read(g_s.at[PAD + r], layout, opts)
+  ninf = -jnp.inf
+  # queries 32..63 × keys 0..31 through row 31
+  t["qa_s"][...] = (q * jnp.exp(jnp.where(row >= 32, G - _cols(gr(31, COLS), (C, BK)), ninf))).astype(dt)
+  t["ka_s"][...] = (kT * jnp.exp(jnp.where(colk < 32, _rows(gr(31, ROWS), (BK, C)) - Gt, ninf))
+                    ).astype(dt)
+  plgpu.commit_smem()
+  A = _mm(t["qa_s"], t["ka_s"], (C, C))
+  # queries 16..31 × keys 0..15 through row 15, queries 48..63 × keys 32..47 through row 47
+  ref_q = jnp.where(row < 32, _cols(gr(15, COLS), (C, BK)), _cols(gr(47, COLS), (C, BK)))
+  ref_k = jnp.where(colk < 32, _rows(gr(15, ROWS), (BK, C)), _rows(gr(47, ROWS), (BK, C)))
+  t["qa_s"][...] = (q * jnp.exp(jnp.where(lax.rem(row, 32) >= 16, G - ref_q, ninf))).astype(dt)
+  t["ka_s"][...] = (kT * jnp.exp(jnp.where(lax.rem(colk, 32) < 16, ref_k - Gt, ninf))).astype(dt)
+  plgpu.commit_smem()
+  r, c = _iota((C, C), 0, opts), _iota((C, C), 1, opts)
+  A = A + jnp.where((r >= 48) & (c < 16), 0.0, _mm(t["qa_s"], t["ka_s"], (C, C)))
+  # the diagonal 16×16 blocks, one sub-diagonal j at a time (rows t with t mod 16 ≥ j)
+  plgpu.barrier_wait(t["k_bar"])
+  sub = lax.rem(row, SUB)
+
+  def diagonal(j, A):
+    kw = _read(t["kr_s"].at[pl.ds(PAD - j, C)], WGMMA, opts, False).astype(F32)  # k_{t−j}
+    gw = _read(g_s.at[pl.ds(PAD - j, C)], WGMMA, opts, False)  # G_{t−j}
+    d = jnp.sum(jnp.where(sub >= j, q * kw * jnp.exp(G - gw), 0.0), axis=1)  # where: pad rows
+    return A + jnp.where(c == r - j, _rows(d, (C, C)), 0.0)
+
+  return lax.fori_loop(0, SUB, diagonal, A)
+
+
+def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, g_s, gt_s, v_s, vec_s, qi_s, qa_s, kd_s, ka_s, s_s,
+               a_s, o_s, st_s, kr_s, bar, vbar, st_bar, k_bar):
+  q_ref, kt_ref, g_ref, gt_ref, k_ref, v_ref, vec_ref, *rest = refs
+  h0_ref = rest.pop(0) if opts.has_h0 else None
+  o_ref, *rest = rest
+  ht_ref = rest.pop(0) if opts.want_ht else None
+  NK, BV, dt = opts.NK, opts.BV, jnp.dtype(opts.dtype)
+  names = vec_rows(opts.has_seg)
+  bh, vt = lax.axis_index("bh"), lax.axis_index("v")
+  b, h = lax.div(bh, opts.H), lax.rem(bh, opts.H)
+  cols = pl.ds(vt * BV, BV)
+  S0 = []
+  for kt in range(NK):
+    if opts.has_h0:
+      plgpu.copy_gmem_to_smem(h0_ref.at[b, h, pl.ds(kt * BK, BK), cols], st_s, st_bar)
+      plgpu.barrier_wait(st_bar)
+      S0.append(_read(st_s, WGMMA, opts))
+      plgpu.commit_smem()
+    else:
+      S0.append(_zeros((BK, BV), opts))
+
+  def issue(n, kt, slot):  # TMA of step (chunk n, K tile kt)'s tiles into buffer `slot`
+    rows, kc = pl.ds(n * C, C), pl.ds(kt * BK, BK)
+    plgpu.copy_gmem_to_smem(q_ref.at[b, rows, h, kc], q_s.at[slot], bar.at[slot])
+    plgpu.copy_gmem_to_smem(kt_ref.at[b, h, kc, rows], kt_s.at[slot], bar.at[slot])
+    plgpu.copy_gmem_to_smem(g_ref.at[b, rows, h, kc], g_s.at[slot, pl.ds(PAD, C)], bar.at[slot])
+    plgpu.copy_gmem_to_smem(gt_ref.at[b, h, kc, rows], gt_s.at[slot], bar.at[slot])
+
+  def issue_chunk(n, slot):  # TMA of chunk n's v tile and gate rows
+    rows = pl.ds(n * C, C)
+    plgpu.copy_gmem_to_smem(v_ref.at[b, rows, h, cols], v_s.at[slot], vbar.at[slot])
+    plgpu.copy_gmem_to_smem(vec_ref.at[b, h, :, rows], vec_s.at[slot], vbar.at[slot])
+
+  double = opts.buffers == 2
+  if double:
+    issue(0, 0, 0)
+    issue_chunk(0, 0)
+
+  def chunk(n, S):
+    S = list(S)
+    rows = pl.ds(n * C, C)
+    cslot = lax.rem(n, 2) if double else 0
+    if not double:
+      issue_chunk(n, 0)
+    plgpu.barrier_wait(vbar.at[cslot])
+    if double:
+      @pl.when(n + 1 < opts.N)
+      def _prefetch_chunk():
+        plgpu.commit_smem()
+        issue_chunk(n + 1, 1 - cslot)
+
+    v, vec = v_s.at[cslot], vec_s.at[cslot]
+    dense = vec[names.index("dense"), 0] > 0.5
+    if opts.has_seg:
+      cin = _read(vec.at[names.index("cin")], ROWS, opts)  # broadcast where used: 1-D while live
+      tail = _read(vec.at[names.index("tail")], COLS, opts)
+      carry = vec[names.index("carry"), 0]
+    qS = _zeros((C, BV), opts)
+    A = _zeros((C, C), opts)
+    for kt in range(NK):
+      slot = lax.rem(n * NK + kt, 2) if double else 0
+      if not double:
+        issue(n, kt, 0)
+      plgpu.barrier_wait(bar.at[slot])
+      if double:  # the next step's tiles load while this one computes (their buffer is free)
+        if kt + 1 < NK:
+          plgpu.commit_smem()
+          issue(n, kt + 1, 1 - slot)
+        else:
+          @pl.when(n + 1 < opts.N)
+          def _prefetch():
+            plgpu.commit_smem()
+            issue(n + 1, 0, 1 - slot)
+
+      tiles = dict(q_s=q_s.at[slot], kt_s=kt_s.at[slot], g=g_s.at[slot], gt_s=gt_s.at[slot],
+                   qa_s=qa_s, ka_s=ka_s, kr_s=kr_s, k_bar=k_bar,
+                   k_src=k_ref.at[b, rows, h, pl.ds(kt * BK, BK)])
+      q, kT, G, Gt = _tiles(tiles, opts)
+      gam_r = _read(tiles["g"].at[PAD + C - 1], ROWS, opts)  # Γ, one value per row of [BK, ·] tiles
+      qe = q * jnp.exp(G)
+      qi_s[...] = (qe * _rows(cin, (C, BK)) if opts.has_seg else qe).astype(dt)
+      ke = kT * jnp.exp(_rows(gam_r, (BK, C)) - Gt)
+      kd_s[...] = (ke * _cols(tail, (BK, C)) if opts.has_seg else ke).astype(dt)
+      s_s[...] = S[kt].astype(dt)
+      plgpu.commit_smem()
+      qS = qS + _mm(qi_s, s_s, (C, BV))
+      decay = _rows(jnp.exp(gam_r), (BK, BV))
+      S[kt] = S[kt] * (decay * carry if opts.has_seg else decay) + _mm(kd_s, v, (BK, BV))
+      A = A + lax.cond(dense, functools.partial(_dense_scores, tiles, opts),
+                       functools.partial(_exact_scores, tiles, opts))
+
+    r, c = _iota((C, C), 0, opts), _iota((C, C), 1, opts)
+    live = r >= c
+    if opts.has_seg:
+      doc = vec.at[names.index("doc")]
+      live = live & (_rows(_read(doc, ROWS, opts), (C, C)) == _cols(_read(doc, COLS, opts), (C, C)))
+    a_s[...] = (jnp.where(live, A, 0.0) * opts.scale).astype(dt)
+    plgpu.commit_smem()
+    o = qS * opts.scale + _mm(a_s, v, (C, BV))
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous chunk's o has left o_s
+    o_s[...] = o.astype(o_s.dtype)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(o_s, o_ref.at[b, rows, h, cols])
+    return tuple(S)
+
+  S = lax.fori_loop(0, opts.N, chunk, tuple(S0))
+  if opts.want_ht:
+    for kt in range(NK):
+      plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+      st_s[...] = S[kt]
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(st_s, ht_ref.at[b, h, pl.ds(kt * BK, BK), cols])
+  plgpu.wait_smem_to_gmem(0)
+
+
+def compiler_params():
+  """Lane semantics (explicit layouts), spelled out: JAX 0.11 changed the default to Warpgroup."""
+  return plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane)
+
+
+def chunk_fwd(q, kt, g, gt, k, v, vec, h0, opts: FwdOptions):
+  """q, k [B, Tp, H, Kp], kt [B, H, Kp, Tp] (k transposed), v [B, Tp, H, Vp] (one 16-bit dtype;
+  float32 in interpret mode), g [B, Tp, H, Kp] f32 (the chunk-local gate cumsum G) and gt its transpose
+  [B, H, Kp, Tp], vec [B, H, R, Tp] f32 (`vec_rows`), h0 [B, H, Kp, Vp] f32 or None →
+  o [B, Tp, H, Vp] (v.dtype) and, with `opts.want_ht`, the final state [B, H, Kp, Vp] f32 (else None)."""
+  B, T, H, K, V, BV = opts.B, opts.T, opts.H, opts.K, opts.V, opts.BV
+  dt = jnp.dtype(opts.dtype)
+  out_type = [compat.pallas_out_struct((B, T, H, V), v.dtype, q)]
+  if opts.want_ht:
+    out_type.append(compat.pallas_out_struct((B, H, K, V), F32, q))
+  nb = opts.buffers
+  scratch = dict(
+      q_s=_smem((nb, C, BK), dt), kt_s=_smem((nb, BK, C), dt), g_s=plgpu.SMEM((nb, PAD + C, BK), F32),
+      gt_s=_smem((nb, BK, C), F32), v_s=_smem((nb, C, BV), dt), vec_s=plgpu.SMEM((nb, opts.R, C), F32),
+      qi_s=_smem((C, BK), dt), qa_s=_smem((C, BK), dt), kd_s=_smem((BK, C), dt),
+      ka_s=_smem((BK, C), dt), s_s=_smem((BK, BV), dt), a_s=_smem((C, C), dt),
+      o_s=_smem((C, BV), v.dtype), st_s=_smem((BK, BV), F32), kr_s=plgpu.SMEM((PAD + C, BK), dt),
+      bar=plgpu.Barrier(num_arrivals=4, num_barriers=nb),
+      vbar=plgpu.Barrier(num_arrivals=2, num_barriers=nb), st_bar=plgpu.Barrier(),
+      k_bar=plgpu.Barrier())
+  run = plgpu.kernel(functools.partial(fwd_kernel, opts=opts), out_type=out_type,
+                     scratch_types=scratch, grid=(B * H, V // BV), grid_names=("bh", "v"),
+                     compiler_params=compiler_params(), kernel_name="gla_mosaic_fwd",
+                     interpret=compat.gpu_interpret_params() if opts.interpret else None)
+  args = [q, kt, g, gt, k, v, vec] + ([h0] if opts.has_h0 else [])
+  outs = run(*args)
+  outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+  return outs[0], (outs[1] if opts.want_ht else None)

@@ -1,0 +1,237 @@
+"""chunk_gla with its forward in Mosaic GPU (Hopper: TMA + wgmma, `kernel.py`); impls "mosaic_gpu"
+(compiled, sm90 GPUs) and "mosaic_gpu_interpret" (Mosaic GPU interpret mode, any platform). Neither is
+in an `auto` order: they are explicit-only until qualified on the GPU.
+
+The backward is NOT a Mosaic kernel yet: the custom_vjp's backward is the vjp of the "xla" impl
+(`pallas_kernels.gla.chunk.chunk_gla_xla`) at the same inputs — it recomputes that forward, so training
+through "mosaic_gpu" costs one Mosaic forward plus XLA's forward and backward. Gradients: q, k, v, g,
+initial_state.
+
+What `prepare` does outside the kernel (XLA, O(B·T·H·(K + V)) elementwise work): pads T to a multiple of
+64, K to a multiple of 64 and V to a multiple of the V tile (zeros: inert — k = v = 0 adds nothing, a
+padded gate of 0 decays nothing), transposes k to [B, H, Kp, Tp], raises g to −60 (so −inf is a clean
+reset, as in the Triton kernels) and takes its chunk-local cumsum G (float32, [B, Tp, H, Kp] and
+transposed [B, H, Kp, Tp]); per chunk it decides the form of the intra-chunk scores (`kernel.py`):
+"dense" where the chunk's exponent span around row 31 is at most `DENSE_MAX_EXP` (bf16 / f32: 40, so
+the factors stay within e^{±40}; fp16, whose range is e^{±11}: 8), else "exact" (every exponent ≤ 0).
+With segment_ids it adds the document masks (packed documents restart the state exactly as the
+Triton kernels do) and the document index, as the simple-GLA Mosaic kernel does.
+
+Inputs: any T; K, V in 1..512 (padded as above); "mosaic_gpu" takes bf16 / fp16 q, k, v (the wgmma
+operand dtype; S, the scores and the decayed q / k are rounded to it for their matmuls, as the Triton
+kernel rounds them to bf16) and K ≤ 256 (the float32 state [Kp, V tile] lives in registers);
+"mosaic_gpu_interpret" also takes float32 (exact float32 matmuls: the tests' tight checks) and K ≤ 512.
+`chunk_size` is accepted for the op contract; the kernel uses 64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.common.checks import CallInfo, check_gla_inputs, default_scale
+from pallas_kernels.common.dispatch import Implementation
+from pallas_kernels.common.segments import doc_index
+from pallas_kernels.gla.chunk import chunk_gla_xla
+from pallas_kernels.gla.mosaic_gpu.kernel import BK, C, F32, REF, FwdOptions, chunk_fwd
+
+MAX_DIM = 512
+MAX_K_COMPILED = 256  # the float32 state [Kp, BV] is in registers: 128 of them per thread at K = 256
+G_FLOOR = -60.0  # log decays are raised to this (e^-60 ≈ 1e-26: zero next to what it is added to)
+SMEM_LIMIT = 227 * 1024  # an H100/H200 block's shared memory
+COMPILED_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+DENSE_MAX_EXP = {"float16": 8.0}  # the dense form's largest |exponent|; 40 for the other dtypes
+PATHS = ("auto", "dense", "exact")  # the intra-chunk form per chunk: by span, or forced (tests)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Static facts of one call (the custom_vjp's non-differentiable argument)."""
+
+  info: CallInfo
+  scale: float
+  output_final_state: bool
+  chunk_size: int
+  block_v: int
+  interpret: bool
+  path: str = "auto"
+
+
+def _round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
+def _pad(x, axis: int, size: int, mode: str = "constant"):
+  if x.shape[axis] == size:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, widths, mode=mode)
+
+
+def fwd_options(info: CallInfo, scale: float, block_v: int, want_ht: bool, interpret: bool):
+  """The launch's options; double-buffered input tiles where they fit the SMEM (the same choice in
+  interpret mode, so both forms are tested)."""
+  opts = FwdOptions(B=info.B, H=info.H, T=_round_up(info.T, C), K=_round_up(info.K, BK),
+                    V=_round_up(info.V, block_v), BV=block_v, dtype=jnp.dtype(info.dtype).name,
+                    scale=scale, has_h0=info.has_initial_state, has_seg=info.has_segment_ids,
+                    want_ht=want_ht, interpret=interpret)
+  return opts if opts.smem_bytes() <= SMEM_LIMIT else dataclasses.replace(opts, buffers=1)
+
+
+def dense_max_exp(dtype) -> float:
+  return DENSE_MAX_EXP.get(jnp.dtype(dtype).name, 40.0)
+
+
+def gate_operands(info: CallInfo, g, segment_ids, Tp: int, Kp: int, path: str = "auto"):
+  """G [B, Tp, H, Kp], Gᵀ [B, H, Kp, Tp] and the [B, H, R, Tp] rows of `kernel.vec_rows`."""
+  B, H = info.B, info.H
+  N = Tp // C
+  ge = _pad(_pad(jnp.maximum(g.astype(F32), G_FLOOR), 1, Tp), 3, Kp)  # padding: g = 0 decays nothing
+  G = jnp.cumsum(ge.reshape(B, N, C, H, Kp), axis=2)
+  if path == "auto":  # the dense form's factors e^{G_t − G_REF} and e^{G_REF − G_s} for every t, s
+    span = jnp.max(jnp.maximum(G[:, :, 0] - G[:, :, REF], G[:, :, REF] - G[:, :, -1]), axis=-1)
+    dense = (span <= dense_max_exp(info.dtype)).astype(F32)  # [B, N, H]
+  else:
+    dense = jnp.full((B, N, H), 1.0 if path == "dense" else 0.0, F32)
+  rows = [jnp.broadcast_to(jnp.transpose(dense, (0, 2, 1))[:, :, :, None], (B, H, N, C))]
+  if segment_ids is not None:  # padding continues the last document
+    d = _pad(doc_index(segment_ids), 1, Tp, mode="edge").reshape(B, 1, N, C)
+    prev = jnp.concatenate([jnp.zeros_like(d[:, :, :1, -1:]), d[:, :, :-1, -1:]], axis=2)
+    last = d[..., -1:]
+    rows += [d == prev, d == last, jnp.broadcast_to(last == prev, d.shape), d]
+  vec = jnp.stack([jnp.broadcast_to(r.astype(F32), (B, H, N, C)).reshape(B, H, Tp) for r in rows],
+                  axis=2)
+  G = G.reshape(B, Tp, H, Kp)
+  return G, jnp.transpose(G, (0, 2, 3, 1)), vec
+
+
+def prepare(cfg: Config, q, k, v, g, h0, segment_ids):
+  """→ (FwdOptions, the kernel's operands (q, kᵀ, G, Gᵀ, k, v, gate rows, h0))."""
+  info = cfg.info
+  opts = fwd_options(info, cfg.scale, cfg.block_v, cfg.output_final_state, cfg.interpret)
+  Tp, Kp, Vp = opts.T, opts.K, opts.V
+  pad_k = lambda x: _pad(_pad(x, 1, Tp), 3, Kp)
+  kp = pad_k(k)
+  G, Gt, vec = gate_operands(info, g, segment_ids, Tp, Kp, cfg.path)
+  if h0 is not None:
+    h0 = _pad(_pad(h0.astype(F32), 2, Kp), 3, Vp)
+  return opts, (pad_k(q), jnp.transpose(kp, (0, 2, 3, 1)), G, Gt, kp, _pad(_pad(v, 1, Tp), 3, Vp),
+                vec, h0)
+
+
+def _forward(cfg: Config, q, k, v, g, h0, seg):
+  opts, operands = prepare(cfg, q, k, v, g, h0, seg)
+  o, ht = chunk_fwd(*operands, opts)
+  info = cfg.info
+  o = o[:, :info.T, :, :info.V]
+  return o, (ht[:, :, :info.K, :info.V] if ht is not None else None)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _chunk_gla_mosaic(cfg: Config, q, k, v, g, h0, seg):
+  return _forward(cfg, q, k, v, g, h0, seg)
+
+
+def _fwd_rule(cfg, q, k, v, g, h0, seg):
+  return _forward(cfg, q, k, v, g, h0, seg), (q, k, v, g, h0, seg)
+
+
+def _bwd_rule(cfg, residuals, cotangents):
+  """The vjp of the "xla" impl at the same inputs (its forward recomputed): not yet a Mosaic kernel."""
+  q, k, v, g, h0, seg = residuals
+
+  def xla(q, k, v, g, h0):
+    return chunk_gla_xla(cfg.info, q, k, v, g, scale=cfg.scale, initial_state=h0,
+                         output_final_state=cfg.output_final_state, segment_ids=seg,
+                         chunk_size=cfg.chunk_size)
+
+  _, vjp = jax.vjp(xla, q, k, v, g, h0)
+  do, dht = cotangents
+  dq, dk, dv, dg, dh0 = vjp((do.astype(v.dtype), dht))
+  return dq, dk, dv, dg, dh0, None
+
+
+_chunk_gla_mosaic.defvjp(_fwd_rule, _bwd_rule)
+
+
+def chunk_gla_mosaic(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
+                     segment_ids=None, chunk_size=64, interpret: bool = False,
+                     block_v: int | None = None, path: str = "auto"):
+  """Chunkwise GLA, forward in Mosaic GPU (`chunk_gla`'s contract; module docstring).
+
+  Args:
+    q, k: [B, T, H, K]; v: [B, T, H, V]; any T, K and V up to 512 (compiled: bf16 / fp16, K ≤ 256).
+    g: [B, T, H, K] log forget gates (≤ 0; −inf allowed).
+    scale: defaults to K ** -0.5.
+    initial_state: [B, H, K, V] or None.
+    output_final_state: also return the state after the last token.
+    segment_ids: [B, T] int; the state restarts at every change of id.
+    chunk_size: accepted for the op contract (a multiple of 16); the kernel uses 64.
+    interpret: run the kernel in Mosaic GPU interpret mode (CPU; float32 inputs allowed).
+    block_v: V tile, 64 or 128 (default 64; 128 single-buffers the input tiles).
+    path: the intra-chunk form, "auto" (per chunk, by its decay span), or "dense" / "exact" for every
+      chunk (tests; "dense" is exact only where the spans are small).
+
+  Returns:
+    (o [B, T, H, V] in v.dtype, final_state [B, H, K, V] float32 or None); differentiable w.r.t. q, k,
+    v, g and initial_state (the backward is the "xla" impl's vjp).
+
+  Example:
+    >>> B, T, H, K, V = 1, 100, 2, 48, 96
+    >>> q = k = jnp.ones((B, T, H, K), jnp.bfloat16); v = jnp.ones((B, T, H, V), jnp.bfloat16)
+    >>> g = jnp.full((B, T, H, K), -0.1)
+    >>> o, ht = chunk_gla_mosaic(q, k, v, g, output_final_state=True, interpret=True)
+  """
+  info = check_gla_inputs(q, k, v, g, scale=scale, initial_state=initial_state,
+                          segment_ids=segment_ids, chunk_size=chunk_size,
+                          output_final_state=output_final_state)
+  reason = check_call(info, interpret=interpret, block_v=block_v)
+  if reason is None and path not in PATHS:
+    reason = f"path must be one of {PATHS}, got {path!r}"
+  if reason is not None:
+    raise ValueError(f"chunk_gla_mosaic: {reason}")
+  return _run(info, q, k, v, g, scale=scale, initial_state=initial_state,
+              output_final_state=output_final_state, segment_ids=segment_ids,
+              chunk_size=chunk_size, interpret=interpret, block_v=block_v, path=path)
+
+
+def _run(info: CallInfo, q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
+         segment_ids=None, chunk_size=64, interpret=False, block_v=None, path="auto"):
+  cfg = Config(info=info, scale=default_scale(scale, info.K), output_final_state=output_final_state,
+               chunk_size=chunk_size, block_v=block_v or 64, interpret=interpret, path=path)
+  return _chunk_gla_mosaic(cfg, q, k, v, g, initial_state, segment_ids)
+
+
+def check_call(info: CallInfo, interpret: bool = False, block_v: int | None = None) -> str | None:
+  """Why the Mosaic GPU forward cannot serve a call (None if it can)."""
+  if info.gate != "vector":
+    return f"gate kind must be vector, got {info.gate!r}"
+  if info.K > MAX_DIM or info.V > MAX_DIM:
+    return f"K and V must be at most {MAX_DIM}, got K={info.K}, V={info.V}"
+  if block_v is not None and block_v not in (64, 128):
+    return f"block_v must be 64 or 128, got {block_v!r}"
+  if interpret:
+    return None
+  if jnp.dtype(info.dtype) not in COMPILED_DTYPES:
+    return (f"the compiled kernel takes bfloat16 or float16 q, k, v (wgmma operands), got "
+            f"{info.dtype}; cast them, or use impl='xla'")
+  if info.K > MAX_K_COMPILED:
+    return (f"K (the key dim of q and k) must be at most {MAX_K_COMPILED} for the compiled kernel "
+            f"(its float32 state [K, V tile] lives in registers), got K={info.K}; use impl='triton'")
+  opts = fwd_options(info, 1.0, block_v or 64, True, False)
+  if opts.smem_bytes() > SMEM_LIMIT:
+    return (f"the kernel's tiles need {opts.smem_bytes()} bytes of shared memory at V tile {opts.BV} "
+            f"(> {SMEM_LIMIT})")
+  return None
+
+
+IMPLEMENTATION = Implementation(
+    "mosaic_gpu", functools.partial(_run, interpret=False), platforms=frozenset({"gpu"}),
+    check=functools.partial(check_call, interpret=False))
+INTERPRET_IMPLEMENTATION = Implementation(
+    "mosaic_gpu_interpret", functools.partial(_run, interpret=True),
+    check=functools.partial(check_call, interpret=True))
