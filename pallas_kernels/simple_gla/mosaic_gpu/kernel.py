@@ -57,6 +57,7 @@ class FwdOptions:
   has_seg: bool
   want_ht: bool
   interpret: bool = False
+  want_states: bool = False  # also write the state entering each chunk, [B, H, N, Kp, Vp] float32
   buffers: int = 2  # 2: chunk n + 1's tiles load while chunk n computes; 1 where two do not fit SMEM
 
   @property
@@ -124,6 +125,7 @@ def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, v_s, vec_s, s_s, a_s, kd_s, o
   h0_ref = rest.pop(0) if opts.has_h0 else None
   o_ref, *rest = rest
   ht_ref = rest.pop(0) if opts.want_ht else None
+  hs_ref = rest.pop(0) if opts.want_states else None
   K, BV, dt = opts.K, opts.BV, jnp.dtype(opts.dtype)
   bh, vt = lax.axis_index("bh"), lax.axis_index("v")
   b, h = lax.div(bh, opts.H), lax.rem(bh, opts.H)
@@ -176,8 +178,12 @@ def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, v_s, vec_s, s_s, a_s, kd_s, o
     o = qS * _rows(_read(vec.at[1], ROWS, opts), (C, BV)) + _mm(a_s, v, (C, BV))
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous chunk's o has left o_s
     o_s[...] = o.astype(o_s.dtype)
+    if opts.want_states:  # the state entering chunk n (st_s is free: h0 was read before the loop)
+      st_s[...] = S
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(o_s, o_ref.at[b, rows, h, cols])
+    if opts.want_states:
+      plgpu.copy_smem_to_gmem(st_s, hs_ref.at[b, h, n, :, cols])
     return S * vec[3, 0] + _mm(kd_s, v, (K, BV))
 
   S = lax.fori_loop(0, opts.N, step, S0)
@@ -196,13 +202,16 @@ def compiler_params():
 
 def chunk_fwd(q, kt, v, vec, h0, opts: FwdOptions):
   """q [B, Tp, H, Kp], kt [B, H, Kp, Tp], v [B, Tp, H, Vp] (one 16-bit dtype; float32 in interpret
-  mode), vec [B, H, R, Tp] f32, h0 [B, H, Kp, Vp] f32 or None → o [B, Tp, H, Vp] (v.dtype) and, with
-  `opts.want_ht`, the final state [B, H, Kp, Vp] f32 (else None)."""
+  mode), vec [B, H, R, Tp] f32, h0 [B, H, Kp, Vp] f32 or None → (o [B, Tp, H, Vp] (v.dtype), with
+  `opts.want_ht` the final state [B, H, Kp, Vp] f32 else None, with `opts.want_states` the state
+  entering each chunk [B, H, N, Kp, Vp] f32 else None)."""
   B, T, H, K, V, BV = opts.B, opts.T, opts.H, opts.K, opts.V, opts.BV
   dt = jnp.dtype(opts.dtype)
   out_type = [compat.pallas_out_struct((B, T, H, V), v.dtype, q)]
   if opts.want_ht:
     out_type.append(compat.pallas_out_struct((B, H, K, V), F32, q))
+  if opts.want_states:
+    out_type.append(compat.pallas_out_struct((B, H, opts.N, K, V), F32, q))
   nb = opts.buffers
   scratch = dict(q_s=_smem((nb, C, K), dt), kt_s=_smem((nb, K, C), dt), v_s=_smem((nb, C, BV), dt),
                  vec_s=plgpu.SMEM((nb, opts.R, C), F32), s_s=_smem((K, BV), dt), a_s=_smem((C, C), dt),
@@ -215,4 +224,6 @@ def chunk_fwd(q, kt, v, vec, h0, opts: FwdOptions):
   args = [q, kt, v, vec] + ([h0] if opts.has_h0 else [])
   outs = run(*args)
   outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-  return outs[0], (outs[1] if opts.want_ht else None)
+  o = outs.pop(0)
+  ht = outs.pop(0) if opts.want_ht else None
+  return o, ht, (outs.pop(0) if opts.want_states else None)

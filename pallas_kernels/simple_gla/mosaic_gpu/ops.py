@@ -9,20 +9,23 @@ chunk algorithm is its own adjoint up to a transpose and a time reversal:
   dv  = rev(fwd(q=rev k, k=rev q, v=rev do, g⃖, dht / s))    its final state · s · e^{g_0} = dh0
   dk  = rev(fwd(q=rev v, k=rev do, v=rev q, g⃖, dhtᵀ / s))
 
-with rev the flip of the time axis (segment ids flipped with it), g⃖_τ = g_{T−τ} (g⃖_0 = 0: a pair
-(t, s) decays by e^{G_t − G_s} = Π_{s<r≤t} e^{g_r} in either direction) and s the scale (the kernel
-scales what it reads from its state, so the cotangent states enter divided by s). Contractions over V
-(the dq and dk passes read V as their K) are split in parts of ≤ 256 and summed. No h or dh is stored:
-each pass keeps its state in registers. Gradients: q, k, v, g, initial_state (g_gamma is a constant of
+with rev the flip of the time axis of the sequence padded to a multiple of 64 (the padding first, so
+the reversed chunks are the original ones in reverse order; segment ids flipped with it),
+g⃖_τ = g_{T−τ} (g⃖_0 = 0: a pair (t, s) decays by e^{G_t − G_s} = Π_{s<r≤t} e^{g_r} in either
+direction) and s the scale (the kernel scales what it reads from its state, so the cotangent states
+enter divided by s). Contractions over V (the dq and dk passes read V as their K) are split in parts
+of ≤ 256 and summed. Each pass keeps its state in registers (per-chunk states are written only for dg). Gradients: q, k, v, g, initial_state (g_gamma is a constant of
 the op, as in every impl).
 
-dg of the scalar gate is NOT from the kernel yet: it is the "xla" impl's (its vjp w.r.t. g alone; XLA
-drops the rest), because the exact form sums each pair's own contribution from the per-chunk states h
-and dh (`chunk.chunk_gate_grad`). The shortcut revcumsum_t(Σ_K q ⊙ dq − Σ_K k ⊙ dk) + Σ ht ⊙ dht is
-exact in algebra but cancels O(1) terms (each token's own pair is in both sums): at −20 per token the
-true dg is ~1e-7 and that form's float32 error ~4e-6 (measured in interpret mode). Emitting h and dh
-per chunk from the forward and dv passes is the next step; g_gamma and the ungated op (no dg) are
-already Mosaic end to end.
+dg of the scalar gate: the "xla" impl's exact stages 6–7 (`chunk.chunk_grads` / `chunk_gate_grad`:
+each pair's own contribution, nothing of size O(1) cancels at strong decay) on the per-chunk states
+that the dq and dv passes write as they go (`want_states`: h entering each chunk from the dq pass,
+transposed; ∂L/∂(state leaving each chunk) from the dv pass, reversed, times e^{g} of the next chunk's
+first token, 0 where a document starts there). The shortcut revcumsum_t(Σ_K q ⊙ dq − Σ_K k ⊙ dk) +
+Σ ht ⊙ dht is exact in algebra but cancels O(1) terms (each token's own pair is in both sums): at −20
+per token the true dg is ~1e-7 and that form's float32 error was ~4e-6 (interpret mode). The states
+cost 2 · B·H·N·K·V float32 writes and reads, the scalar gate only; g_gamma and the ungated op do
+not write them.
 
 What `prepare` does outside the kernel (XLA, O(B·T·H·(K + V)) elementwise work): pads T to a multiple of
 64, K to a multiple of 64 and V to a multiple of the V tile (zeros: inert — k = v = 0 adds nothing, a
@@ -52,7 +55,9 @@ import jax.numpy as jnp
 from pallas_kernels.common.checks import CallInfo, check_simple_gla_inputs, default_scale
 from pallas_kernels.common.dispatch import Implementation
 from pallas_kernels.common.segments import doc_index
-from pallas_kernels.simple_gla.chunk import chunk_simple_gla_xla
+from pallas_kernels.common.chunk_stages import chunk_local_cumsum
+from pallas_kernels.common.chunking import chunked_doc_index, doc_masks, from_chunks, to_chunks
+from pallas_kernels.simple_gla.chunk import ChunkOptions, chunk_gate_grad, chunk_grads
 from pallas_kernels.simple_gla.mosaic_gpu.kernel import C, F32, FwdOptions, chunk_fwd
 
 MAX_DIM = 512
@@ -94,13 +99,14 @@ def default_block_v(info: CallInfo) -> int:
   return 64
 
 
-def fwd_options(info: CallInfo, scale: float, block_v: int, want_ht: bool, interpret: bool):
+def fwd_options(info: CallInfo, scale: float, block_v: int, want_ht: bool, interpret: bool,
+                want_states: bool = False):
   """The launch's options; double-buffered input tiles where they fit the SMEM (the same choice in
   interpret mode, so both forms are tested)."""
   opts = FwdOptions(B=info.B, H=info.H, T=_round_up(info.T, C), K=_round_up(info.K, 64),
                     V=_round_up(info.V, block_v), BV=block_v, dtype=jnp.dtype(info.dtype).name,
                     scale=scale, has_h0=info.has_initial_state, has_seg=info.has_segment_ids,
-                    want_ht=want_ht, interpret=interpret)
+                    want_ht=want_ht, interpret=interpret, want_states=want_states)
   return opts if opts.smem_bytes() <= SMEM_LIMIT else dataclasses.replace(opts, buffers=1)
 
 
@@ -131,10 +137,10 @@ def gate_rows(info: CallInfo, g, g_gamma, segment_ids, scale: float, Tp: int):
   return jnp.stack([r.reshape(B, H, Tp) for r in rows], axis=2)
 
 
-def prepare(cfg: Config, q, k, v, g, g_gamma, h0, segment_ids):
+def prepare(cfg: Config, q, k, v, g, g_gamma, h0, segment_ids, want_states: bool = False):
   """→ (FwdOptions, the kernel's operands (q, kᵀ, v, gate rows, h0))."""
   info = cfg.info
-  opts = fwd_options(info, cfg.scale, cfg.block_v, cfg.output_final_state, cfg.interpret)
+  opts = fwd_options(info, cfg.scale, cfg.block_v, cfg.output_final_state, cfg.interpret, want_states)
   Tp, Kp, Vp = opts.T, opts.K, opts.V
   pad_k = lambda x: _pad(_pad(x, 1, Tp), 3, Kp)
   kt = jnp.transpose(pad_k(k), (0, 2, 3, 1))  # [B, H, Kp, Tp]
@@ -144,12 +150,16 @@ def prepare(cfg: Config, q, k, v, g, g_gamma, h0, segment_ids):
   return opts, (pad_k(q), kt, _pad(_pad(v, 1, Tp), 3, Vp), vec, h0)
 
 
-def _forward(cfg: Config, q, k, v, g, g_gamma, h0, seg):
-  opts, operands = prepare(cfg, q, k, v, g, g_gamma, h0, seg)
-  o, ht = chunk_fwd(*operands, opts)
+def _forward(cfg: Config, q, k, v, g, g_gamma, h0, seg, want_states: bool = False):
+  """(o, final state or None), and with `want_states` the state entering each chunk [B, H, N, K, V]."""
+  opts, operands = prepare(cfg, q, k, v, g, g_gamma, h0, seg, want_states)
+  o, ht, hs = chunk_fwd(*operands, opts)
   info = cfg.info
   o = o[:, :info.T, :, :info.V]
-  return o, (ht[:, :, :info.K, :info.V] if ht is not None else None)
+  ht = ht[:, :, :info.K, :info.V] if ht is not None else None
+  if want_states:
+    return o, ht, hs[:, :, :, :info.K, :info.V]
+  return o, ht
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -165,66 +175,98 @@ def _fwd_rule(cfg, q, k, v, g, g_gamma, h0, seg):
 PART = 256  # the widest K a pass of the kernel takes (its f32 state tile [K, BV] in registers)
 
 
-def _pass(cfg: Config, q, k, v, g, h0, seg, want_ht: bool):
+def _pass(cfg: Config, q, k, v, g, h0, seg, want_ht: bool, want_states: bool = False):
   """One run of the forward kernel on (q, k, v) with the per-token log decay g [B, T, H] (or None),
-  h0 and segment ids, at the op's scale: (o, final state or None)."""
+  h0 and segment ids, at the op's scale: (o, final state or None[, states])."""
   info = check_simple_gla_inputs(q, k, v, g, initial_state=h0, segment_ids=seg,
                                  output_final_state=want_ht)
   sub = Config(info=info, scale=cfg.scale, output_final_state=want_ht, chunk_size=C,
                block_v=default_block_v(info), interpret=cfg.interpret)
-  return _forward(sub, q, k, v, g, None, h0, seg)
+  return _forward(sub, q, k, v, g, None, h0, seg, want_states)
 
 
-def _summed(cfg, q, k, v, g, h0, seg, width: int):
+def _summed(cfg, q, k, v, g, h0, seg, width: int, want_states: bool = False):
   """Σ over parts of ≤ PART columns of q and k (their shared K = `width`) of `_pass`'s o, in float32
-  (the contraction q·kᵀ and the state's rows split; h0 [B, H, width, ·] split with them)."""
-  total = None
+  (the contraction q·kᵀ and the state's rows split; h0 [B, H, width, ·] split with them), and with
+  `want_states` the states [B, H, N, width, ·] (the parts' rows concatenated)."""
+  total, states = None, []
   for lo in range(0, width, PART):
     cols = slice(lo, min(lo + PART, width))
-    o, _ = _pass(cfg, q[..., cols], k[..., cols], v, g, None if h0 is None else h0[:, :, cols], seg, False)
-    total = o.astype(F32) if total is None else total + o.astype(F32)
-  return total
+    out = _pass(cfg, q[..., cols], k[..., cols], v, g, None if h0 is None else h0[:, :, cols], seg, False,
+                want_states)
+    total = out[0].astype(F32) if total is None else total + out[0].astype(F32)
+    if want_states:
+      states.append(out[2])
+  return total, (jnp.concatenate(states, axis=3) if want_states else None)
 
 
 def _bwd_rule(cfg, residuals, cotangents):
   """dq, dk, dv, dg, dh0 from three more runs of the forward kernel (module docstring)."""
-  q, k, v, g, g_gamma, h0, seg, ht = residuals
+  q, k, v, g, g_gamma, h0, seg, _ = residuals
   do, dht = cotangents
   info, s = cfg.info, cfg.scale
-  T, H = info.T, info.H
+  B, T, H = info.B, info.T, info.H
+  Tp = _round_up(T, C)
   do = do.astype(v.dtype)
   if info.gate == "scalar":
     gt = jnp.maximum(g.astype(F32), G_FLOOR)  # [B, T, H], as the forward's gate rows floor it
   elif info.gate == "constant":
-    gt = jnp.broadcast_to(jnp.maximum(jax.lax.stop_gradient(g_gamma).astype(F32), G_FLOOR), (info.B, T, H))
+    gt = jnp.broadcast_to(jnp.maximum(jax.lax.stop_gradient(g_gamma).astype(F32), G_FLOOR), (B, T, H))
   else:
     gt = None
-  rev = lambda x: jnp.flip(x, axis=1)
-  g_rev = None if gt is None else jnp.concatenate([jnp.zeros_like(gt[:, :1]), rev(gt)[:, :T - 1]], axis=1)
-  seg_rev = None if seg is None else rev(seg)
+  want_states = info.gate == "scalar"  # dg's exact form reads h and dh per chunk
+  # time reversal of the sequence padded to Tp (the padding first): the reversed chunks are the
+  # original ones in reverse order, so the states of both directions meet at the same boundaries
+  rev = lambda x, mode="constant": jnp.flip(_pad(x, 1, Tp, mode), 1)
+  unrev = lambda x: jnp.flip(x, 1)[:, :T]
+  g_rev = None
+  if gt is not None:
+    shifted = jnp.concatenate([jnp.zeros_like(gt[:, :1]), jnp.flip(gt, 1)[:, :T - 1]], axis=1)
+    g_rev = jnp.pad(shifted, ((0, 0), (Tp - T, 0), (0, 0)))  # g⃖_τ = g_{T−τ}, g⃖ = 0 on the padding
+  seg_rev = None if seg is None else rev(seg, "edge")
   if dht is not None:
     dht = dht.astype(F32)
   h0_t = None if h0 is None else jnp.swapaxes(h0.astype(F32), 2, 3)  # [B, H, V, K]
 
-  dq = _summed(cfg, do, v, k, gt, h0_t, seg, info.V)
-  dv, hT = _pass(cfg, rev(k), rev(q), rev(do), g_rev, None if dht is None else dht / s, seg_rev,
-                 want_ht=h0 is not None)
-  dv = rev(dv)
-  dk = rev(_summed(cfg, rev(v), rev(do), rev(q), g_rev, None if dht is None else jnp.swapaxes(dht, 2, 3) / s,
-                   seg_rev, info.V))
+  dq, h_t = _summed(cfg, do, v, k, gt, h0_t, seg, info.V, want_states)  # h_t [B, H, N, V, K]: hᵀ
+  dv, hT, dh = _pass(cfg, rev(k), rev(q), rev(do), g_rev, None if dht is None else dht / s, seg_rev,
+                     want_ht=h0 is not None, want_states=True)
+  dv = unrev(dv)
+  dk, _ = _summed(cfg, rev(v), rev(do), rev(q), g_rev, None if dht is None else jnp.swapaxes(dht, 2, 3) / s,
+                  seg_rev, info.V)
+  dk = unrev(dk)
   dh0 = None
   if h0 is not None:
-    g0 = jnp.zeros((info.B, H), F32) if gt is None else gt[:, 0]
+    g0 = jnp.zeros((B, H), F32) if gt is None else gt[:, 0]
     dh0 = (hT * s * jnp.exp(g0)[:, :, None, None]).astype(h0.dtype)
   dg = None
-  if info.gate == "scalar":  # the "xla" impl's exact pairwise dg (module docstring); its dq/dk/dv unused
-    def xla(g):
-      return chunk_simple_gla_xla(info, q, k, v, g, scale=s, initial_state=h0,
-                                  output_final_state=cfg.output_final_state, segment_ids=seg,
-                                  chunk_size=C)
-    _, vjp = jax.vjp(xla, g)
-    (dg,) = vjp((do, None if dht is None else dht))
+  if info.gate == "scalar":
+    h = jnp.swapaxes(h_t, 3, 4)  # the state entering each chunk [B, H, N, K, V]
+    # the reversed pass's state entering its chunk m is ∂L/∂S_t / s at t = the first token of original
+    # chunk n + 1 (n = N − 1 − m); ∂L/∂(the state leaving chunk n) from the later chunks is that times
+    # e^{g_t} — g⃖ at the first token of reversed chunk m — and 0 if a document starts at t
+    carry = jnp.exp(jnp.swapaxes(g_rev[:, ::C], 1, 2))  # [B, H, N]
+    if seg_rev is not None:
+      starts = jnp.concatenate([jnp.zeros_like(seg_rev[:, :1], bool),
+                                seg_rev[:, C::C] != seg_rev[:, C - 1:-1:C]], axis=1)  # [B, N]
+      carry = jnp.where(starts[:, None, :], 0.0, carry)
+    dh = jnp.flip(dh * carry[..., None, None], axis=2) * s
+    dg = _gate_grad(info, s, q, k, v, g, do, h, dh, seg)
   return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dg, None, dh0, None)
+
+
+def _gate_grad(info: CallInfo, scale: float, q, k, v, g, do, h, dh, seg):
+  """dg [B, T, H] of the scalar gate: the "xla" impl's exact stages 6–7 (each pair's own contribution,
+  `chunk.chunk_gate_grad`) on the kernels' per-chunk states h and dh; the stage-6 dq / dk / dv it also
+  forms are unused (XLA drops them)."""
+  opts = ChunkOptions(scale=scale, chunk_size=C, gate="scalar", compute_dtype=jnp.dtype(q.dtype).name)
+  masks = doc_masks(chunked_doc_index(seg, C))
+  gates = chunk_local_cumsum(to_chunks(g[..., None], C))
+  q_scaled = to_chunks(q, C).astype(F32) * scale
+  _, _, _, terms = chunk_grads(q_scaled, to_chunks(k, C), to_chunks(v, C), gates, h, dh, to_chunks(do, C),
+                               masks, opts)
+  dg = chunk_gate_grad(terms, gates, h, dh, masks)[..., None]  # [B, H, N, C, 1]
+  return from_chunks(dg, info.T)[..., 0].astype(g.dtype)
 
 
 _chunk_simple_gla_mosaic.defvjp(_fwd_rule, _bwd_rule)
