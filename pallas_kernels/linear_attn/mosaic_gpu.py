@@ -1,5 +1,5 @@
-"""`chunk_linear_attn(..., impl="mosaic_gpu" | "mosaic_gpu_interpret")`: simple_gla's Mosaic GPU forward (no
-gate; its backward is the xla impl's vjp) for S and the numerator, the shared jnp normaliser
+"""`chunk_linear_attn(..., impl="mosaic_gpu" | "mosaic_gpu_interpret")`: simple_gla's Mosaic GPU kernels (no
+gate; forward and the Mosaic backward, simple_gla/mosaic_gpu/ops.py) for S and the numerator, the shared jnp normaliser
 (`linear_attn/chunk.py`). Imported by the Op on first use only; explicit-only, as for simple_gla."""
 
 from pallas_kernels.linear_attn.chunk import on_simple_gla
