@@ -1,0 +1,47 @@
+#!/bin/bash
+# The Mosaic GPU kernels and the scanned 340M step in one device call (≤ 9 min), from the repo root:
+#
+#   run(command="bash benchmarks/gpu_check_mosaic.sh", timeout_s=600)
+#
+# 1. tests: the gpu-marked tests of the Mosaic kernels (simple GLA forward + backward, GLA forward) on the
+#    compiled kernels vs "xla" → $OUT/tests.log.
+# 2. bench: benchmarks/bench_mosaic.py --bwd (forward and fwd+bwd ms per impl, errors vs xla) for
+#    chunk_simple_gla (g, then g_gamma) and chunk_gla (g) at the five bench shapes → $OUT/mosaic.jsonl.
+# 3. train: benchmarks/bench_train.py on the scanned GLA-340M preset (remat dots_and_op_out, the preset's)
+#    and the same with dots_saveable, batch 16 × 2048 → $OUT/train.json.
+# Budgets (seconds; environment overrides): TESTS_BUDGET=150 BENCH_BUDGET=120 TRAIN_BUDGET=220.
+# STAGES="tests bench train" (default) picks stages. Everything printed goes to $OUT/run.log.
+set -u
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+OUT=${OUT:-/tmp/gla_mosaic_out}
+mkdir -p "$OUT"
+LOG="$OUT/run.log"
+export PYTHONPATH=$PWD
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python3 -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())"
+  cat COMMIT 2>/dev/null || git log --oneline -1
+  date -u
+} > "$LOG" 2>&1
+cat "$LOG"
+T0=$(date +%s)
+for stage in ${STAGES:-tests bench train}; do
+  echo "== $stage at $(( $(date +%s) - T0 ))s" | tee -a "$LOG"
+  case $stage in
+    tests)
+      timeout "${TESTS_BUDGET:-150}" python3 -m pytest -p no:xdist -q -m gpu -rA \
+        tests/pallas_kernels/test_simple_gla_mosaic.py tests/pallas_kernels/test_gla_mosaic.py \
+        > "$OUT/tests.log" 2>&1
+      echo "tests rc=$?" | tee -a "$LOG"; grep -E "PASSED|FAILED|ERROR|passed|failed" "$OUT/tests.log" | tail -40 | tee -a "$LOG" ;;
+    bench)
+      for args in "--op simple_gla --gate g" "--op simple_gla --gate gamma" "--op gla --gate g"; do
+        timeout "${BENCH_BUDGET:-120}" python3 benchmarks/bench_mosaic.py $args --bwd --out "$OUT/mosaic.jsonl" \
+          2>&1 | grep -v -i warn | tee -a "$LOG" | tail -15
+      done ;;
+    train)
+      timeout "${TRAIN_BUDGET:-220}" python3 benchmarks/bench_train.py --model gla_340m --batch 16 --seq 2048 \
+        --steps 10 --warmup 2 --impl auto --remat-policy dots_and_op_out dots_saveable --out "$OUT/train.json" \
+        2>&1 | grep -v -i warn | tee -a "$LOG" | tail -25 ;;
+  esac
+done
+echo "== done at $(( $(date +%s) - T0 ))s" | tee -a "$LOG"
