@@ -57,9 +57,10 @@ def test_dots_and_op_out_keeps_the_op_output_and_no_float32_activations(kind):
   assert _layer_bytes(dots) < _layer_bytes(kept)
 
 
-@pytest.mark.parametrize("policy", ["dots_and_op_out", "dots_saveable", "full"])
-def test_policies_give_the_same_gradients(policy):
-  ref_cfg = _cfg("gla", remat=False, dtype="float32")
+@pytest.mark.parametrize("policy,scan", [("dots_and_op_out", True), ("dots_saveable", True), ("full", True),
+                                         ("dots_and_op_out", False)])
+def test_policies_give_the_same_gradients(policy, scan):
+  ref_cfg = _cfg("gla", remat=False, dtype="float32", scan_layers=scan)
   cfg = dataclasses.replace(ref_cfg, remat=True, remat_policy=policy)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
