@@ -13,8 +13,9 @@ An op (chunk_gla, chunk_simple_gla, chunk_linear_attn, their fused_recurrent for
 * `auto` order per platform. A backend is listed there only once it has been qualified on that
   platform's hardware (the TPU kernels, never run on a TPU, stay explicit-only: `impl="tpu"`).
 
-`impl="auto"` takes the first implementation of the platform's list that supports the call; an
-explicit `impl` that cannot serve a call raises with the reason — there is no silent fallback.
+`impl="auto"` takes the first implementation of the platform's list that supports the call (and whose
+`auto_check`, if any, passes: a table of measured shapes, say); an explicit `impl` that cannot serve a
+call raises with the reason — there is no silent fallback.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class Implementation:
   fn: Callable  # fn(info, *args, **kwargs): the op's positional and keyword contract, already checked
   platforms: frozenset[str] = ALL_PLATFORMS  # where it runs compiled (interpret mode does not count)
   check: Callable[[Any], str | None] = lambda info: None  # why it cannot serve a call, or None
+  # impl="auto" only: why auto should pass over a call the impl can serve (e.g. a shape where it was not
+  # measured faster than the next one in the order), or None. Explicit calls ignore it.
+  auto_check: Callable[[Any], str | None] | None = None
 
 
 def _numpy_to_jax(tree):
@@ -125,6 +129,8 @@ class Op:
         if candidate is None or platform not in candidate.platforms:
           continue
         reason = candidate.check(info)
+        if reason is None and candidate.auto_check is not None:
+          reason = candidate.auto_check(info)
         if reason is None:
           return candidate
         reasons.append(f"{name}: {reason}")

@@ -68,4 +68,7 @@ def on_simple_gla(impl: Implementation | None) -> Implementation | None:
   def check(info):
     return impl.check(simple_gla_info(info))
 
-  return Implementation(impl.name, fn, platforms=impl.platforms, check=check)
+  auto_check = None
+  if impl.auto_check is not None:
+    auto_check = lambda info: impl.auto_check(simple_gla_info(info))
+  return Implementation(impl.name, fn, platforms=impl.platforms, check=check, auto_check=auto_check)

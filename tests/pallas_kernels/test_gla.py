@@ -143,7 +143,8 @@ class DispatchTest(parameterized.TestCase):
     info = check_gla_inputs(*make_inputs(Case(T=64))[:4])
     chosen = ops.select_impl(info, "auto", platform=platform)
     preferred = [n for n in ops.CHUNK_GLA.auto_order[platform] if ops.CHUNK_GLA.lookup(n) is not None
-                 and platform in ops.CHUNK_GLA.lookup(n).platforms and ops.CHUNK_GLA.lookup(n).check(info) is None]
+                 and platform in ops.CHUNK_GLA.lookup(n).platforms and ops.CHUNK_GLA.lookup(n).check(info) is None
+                 and (ops.CHUNK_GLA.lookup(n).auto_check is None or ops.CHUNK_GLA.lookup(n).auto_check(info) is None)]
     assert chosen.name == preferred[0]
     assert platform in chosen.platforms
 

@@ -213,7 +213,8 @@ class DispatchTest(parameterized.TestCase):
     info = self._info()
     op = ops.CHUNK_SIMPLE_GLA
     preferred = [n for n in op.auto_order[platform] if op.lookup(n) is not None
-                 and platform in op.lookup(n).platforms and op.lookup(n).check(info) is None]
+                 and platform in op.lookup(n).platforms and op.lookup(n).check(info) is None
+                 and (op.lookup(n).auto_check is None or op.lookup(n).auto_check(info) is None)]
     assert ops.select_impl(info, "auto", platform=platform).name == preferred[0]
 
   def test_available_impls(self):

@@ -165,10 +165,29 @@ def test_tiles():
   assert fwd_options(_info(K=512, V=80), 1.0, 64, True, True).buffers == 1  # ... unless SMEM is short
 
 
-def test_explicit_only():
+def test_auto_takes_mosaic_only_where_measured(monkeypatch):
+  """GPU auto order: mosaic_gpu first, passed over unless (sm90 and) its measured table lists the call's
+  (gate, dtype, K, V); the interpreted form never; CPU auto stays xla."""
+  from pallas_kernels.simple_gla.mosaic_gpu import ops as mops
   for order in ops.CHUNK_SIMPLE_GLA.auto_order.values():
-    assert "mosaic_gpu" not in order and "mosaic_gpu_interpret" not in order
+    assert "mosaic_gpu_interpret" not in order
+  assert ops.CHUNK_SIMPLE_GLA.auto_order["gpu"][:2] == ("mosaic_gpu", "triton")
   assert {"mosaic_gpu", "mosaic_gpu_interpret"} <= set(ops.available_impls())
+  info = _info(B=2, T=256, H=2, K=128, V=128, g=jnp.zeros((2, 256, 2)))
+  pick = lambda: ops.CHUNK_SIMPLE_GLA.select(info, "auto", platform="gpu").name
+  monkeypatch.setattr(mops, "_is_sm90", lambda: True)
+  monkeypatch.setattr(mops, "MEASURED_FASTER", {})
+  assert pick() == "triton"
+  assert "not measured faster" in mops.auto_check(info)
+  monkeypatch.setattr(mops, "MEASURED_FASTER", {("scalar", "bfloat16", 128, 128): "test"})
+  assert pick() == "mosaic_gpu"
+  assert mops.auto_check(_info(B=2, T=256, H=2, K=64, V=128, g=jnp.zeros((2, 256, 2)))) is not None
+  monkeypatch.setattr(mops, "_is_sm90", lambda: False)  # pre-Hopper: never
+  assert pick() == "triton"
+  # an explicit impl ignores the table (it is only auto's preference)
+  monkeypatch.setattr(mops, "MEASURED_FASTER", {})
+  assert ops.CHUNK_SIMPLE_GLA.select(info, "mosaic_gpu", platform="gpu").name == "mosaic_gpu"
+  assert ops.CHUNK_SIMPLE_GLA.select(info, "auto", platform="cpu").name == "xla"
 
 
 # ------------------------------------------------------------------------------------------------

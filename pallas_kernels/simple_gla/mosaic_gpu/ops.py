@@ -337,9 +337,34 @@ def check_call(info: CallInfo, interpret: bool = False, block_v: int | None = No
   return None
 
 
+# impl="auto" picks "mosaic_gpu" only where its fwd+bwd was measured faster than "triton" in one run on an
+# sm90 GPU: keys (gate kind, dtype, K padded to 64, V padded to 64) from benchmarks/bench_mosaic.py --bwd,
+# each with the run it comes from. Empty until that run (benchmarks/RESULTS.md): auto keeps "triton".
+MEASURED_FASTER: dict[tuple[str, str, int, int], str] = {}
+
+
+def _is_sm90() -> bool:
+  try:
+    d = jax.devices()[0]
+  except RuntimeError:
+    return False
+  return d.platform == "gpu" and str(getattr(d, "compute_capability", "")) == "9.0"
+
+
+def auto_check(info: CallInfo) -> str | None:
+  """Why impl="auto" passes over "mosaic_gpu" for a call it can serve (None: measured faster here)."""
+  if not _is_sm90():
+    return "Mosaic GPU kernels are Hopper (sm90) only"
+  key = (info.gate, jnp.dtype(info.dtype).name, _round_up(info.K, 64), _round_up(info.V, 64))
+  if key not in MEASURED_FASTER:
+    return (f"not measured faster than triton at gate={key[0]}, {key[1]}, K={info.K}, V={info.V} "
+            "(MEASURED_FASTER in pallas_kernels/simple_gla/mosaic_gpu/ops.py)")
+  return None
+
+
 IMPLEMENTATION = Implementation(
     "mosaic_gpu", functools.partial(_run, interpret=False), platforms=frozenset({"gpu"}),
-    check=functools.partial(check_call, interpret=False))
+    check=functools.partial(check_call, interpret=False), auto_check=auto_check)
 INTERPRET_IMPLEMENTATION = Implementation(
     "mosaic_gpu_interpret", functools.partial(_run, interpret=True),
     check=functools.partial(check_call, interpret=True))
