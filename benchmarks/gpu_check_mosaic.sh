@@ -6,7 +6,8 @@
 # 1. tests: the gpu-marked tests of the Mosaic kernels (simple GLA forward + backward, GLA forward) on the
 #    compiled kernels vs "xla" → $OUT/tests.log.
 # 2. bench: benchmarks/bench_mosaic.py --bwd (forward and fwd+bwd ms per impl, errors vs xla) for
-#    chunk_simple_gla (g, then g_gamma) and chunk_gla (g) at the five bench shapes → $OUT/mosaic.jsonl.
+#    chunk_simple_gla (g, then g_gamma) and chunk_gla (g) at the five bench shapes → $OUT/mosaic.jsonl,
+#    and benchmarks/mosaic_table.py's table + MEASURED_FASTER entries → $OUT/mosaic_table.md.
 # 3. train: benchmarks/bench_train.py on the scanned GLA-340M preset (remat dots_and_op_out, the preset's)
 #    and the same with dots_saveable, batch 16 × 2048 → $OUT/train.json.
 # Budgets (seconds; environment overrides): TESTS_BUDGET=150 BENCH_BUDGET=120 TRAIN_BUDGET=220.
@@ -37,7 +38,9 @@ for stage in ${STAGES:-tests bench train}; do
       for args in "--op simple_gla --gate g" "--op simple_gla --gate gamma" "--op gla --gate g"; do
         timeout "${BENCH_BUDGET:-120}" python3 benchmarks/bench_mosaic.py $args --bwd --out "$OUT/mosaic.jsonl" \
           2>&1 | grep -v -i warn | tee -a "$LOG" | tail -15
-      done ;;
+      done
+      python3 benchmarks/mosaic_table.py "$OUT/mosaic.jsonl" --run "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) $(date -u +%F) $(cat COMMIT 2>/dev/null | cut -c1-7)" \
+        > "$OUT/mosaic_table.md" 2>&1; cat "$OUT/mosaic_table.md" | tee -a "$LOG" ;;
     train)
       timeout "${TRAIN_BUDGET:-220}" python3 benchmarks/bench_train.py --model gla_340m --batch 16 --seq 2048 \
         --steps 10 --warmup 2 --impl auto --remat-policy dots_and_op_out dots_saveable --out "$OUT/train.json" \
