@@ -339,7 +339,9 @@ def check_call(info: CallInfo, interpret: bool = False, block_v: int | None = No
 
 # impl="auto" picks "mosaic_gpu" only where its fwd+bwd was measured faster than "triton" in one run on an
 # sm90 GPU: keys (gate kind, dtype, K padded to 64, V padded to 64) from benchmarks/bench_mosaic.py --bwd,
-# each with the run it comes from. Empty until that run (benchmarks/RESULTS.md): auto keeps "triton".
+# each with the run it comes from. The run of 2026-12-02 (H200, jax 0.11.2, benchmarks/RESULTS.md "Mosaic GPU:
+# simple-GLA backward ...") measured fwd+bwd at 0.45-0.48x triton (gate g) and 0.87x (g_gamma), K = V = 128:
+# no entry, so auto keeps "triton".
 MEASURED_FASTER: dict[tuple[str, str, int, int], str] = {}
 
 
