@@ -9,7 +9,8 @@ The five shapes of benchmarks/bench_gla.py (B, T, H, K, V), bf16 q, k, v, float3
 g = logsigmoid(randn [B, T, H]) / 16 (or --gate gamma: RetNet's g_gamma; --op gla: g [B, T, H, K]
 the same way), no initial state, the final state not requested. Per shape and impl: the median ms of a
 jitted forward (block_until_ready around 10 calls, median of 5 repeats), the first-call (compile) time,
-and the relative L2 error of o against "xla"; with --bwd also fwd + bwd (value_and_grad of <o, do>). An impl that cannot serve a shape is recorded with its
+and the relative L2 error of o against "xla"; with --bwd also fwd + bwd (value_and_grad of <o, do>) and each
+gradient's relative L2 error against "xla"'s. An impl that cannot serve a shape is recorded with its
 reason. One JSON line per (shape, impl).
 """
 
@@ -62,7 +63,7 @@ def main() -> None:
     g = jax.nn.log_sigmoid(jax.random.normal(ks[3], g_shape)) / 16 if args.gate == "g" else None
     g_gamma = jnp.log1p(-(2.0 ** (-5.0 - jnp.arange(H, dtype=jnp.float32))))
     g_gamma = g_gamma if args.gate == "gamma" else None
-    ref = None
+    ref = ref_grads = None
     for impl in reversed(impls):  # xla first: the reference
       if args.op == "gla":
         fn = jax.jit(functools.partial(chunk_gla, impl=impl))
@@ -83,8 +84,14 @@ def main() -> None:
           bwd = jax.jit(jax.value_and_grad(
               lambda q, k, v, g: jnp.sum((fn(q, k, v, g)[0] * do).astype(jnp.float32)), argnums=argnums))
           t0 = time.perf_counter()
-          jax.block_until_ready(bwd(q, k, v, g))
+          _, grads = jax.block_until_ready(bwd(q, k, v, g))
           rec["bwd_first_call_s"] = round(time.perf_counter() - t0, 2)
+          grads = [x.astype(jnp.float32) for x in grads]
+          if impl == "xla":
+            ref_grads = grads
+          if ref_grads is not None:  # relative L2 of each gradient (dq, dk, dv[, dg]) against xla's
+            rec["rel_err_grads_vs_xla"] = [round(float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)), 6)
+                                           for a, b in zip(grads, ref_grads)]
           rec["fwd_bwd_ms"] = round(_time(bwd, (q, k, v, g), iters=1 if args.interpret else 10,
                                           reps=1 if args.interpret else 5), 4)
         if impl == "xla":

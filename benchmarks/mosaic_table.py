@@ -33,8 +33,8 @@ def table(rows: list[dict]) -> str:
   for r in rows:
     groups.setdefault((r["op"], r["gate"], tuple(r["dims"])), {})[r["impl"]] = r
   out = ["| op | gate | B,T,H,K,V | xla fwd / fwd+bwd | triton fwd / fwd+bwd | mosaic_gpu fwd / fwd+bwd | "
-         "triton ÷ mosaic (fwd / fwd+bwd) | err o mosaic |",
-         "|---|---|---|---|---|---|---|---|"]
+         "triton ÷ mosaic (fwd / fwd+bwd) | err o mosaic | err grads mosaic (max) |",
+         "|---|---|---|---|---|---|---|---|---|"]
   fmt = lambda r: ("–" if r is None else "error" if "error" in r else
                    f"{r.get('fwd_ms', float('nan')):.3f} / {r.get('fwd_bwd_ms', float('nan')):.3f}")
   for (op, gate, dims), by in groups.items():
@@ -43,8 +43,9 @@ def table(rows: list[dict]) -> str:
     if t and m and "error" not in t and "error" not in m and "fwd_bwd_ms" in t and "fwd_bwd_ms" in m:
       ratio = f"{t['fwd_ms'] / m['fwd_ms']:.2f}× / {t['fwd_bwd_ms'] / m['fwd_bwd_ms']:.2f}×"
     err = f"{m['rel_err_o_vs_xla']:.1e}" if m and "rel_err_o_vs_xla" in m else "–"
+    gerr = (f"{max(m['rel_err_grads_vs_xla']):.1e}" if m and m.get("rel_err_grads_vs_xla") else "–")
     out.append(f"| {op} | {gate} | {','.join(map(str, dims))} | {fmt(by.get('xla'))} | {fmt(t)} | {fmt(m)} | "
-               f"{ratio} | {err} |")
+               f"{ratio} | {err} | {gerr} |")
   return "\n".join(out)
 
 
