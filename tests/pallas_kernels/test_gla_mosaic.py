@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels.common.checks import check_gla_inputs
+from pallas_kernels.common.mosaic_gpu.layout import is_sm90
 from pallas_kernels.gla import naive_recurrent_gla, ops
 from pallas_kernels.gla.mosaic_gpu import check_call, chunk_gla_mosaic
 from pallas_kernels.gla.mosaic_gpu.ops import fwd_options, gate_operands
@@ -197,11 +198,6 @@ def test_lowers_for_cuda(dims, dtype, h0, seg, block_v):
 # ------------------------------------------------------------------------------------------------
 
 
-def _is_sm90() -> bool:
-  d = jax.devices()[0]
-  return d.platform == "gpu" and getattr(d, "compute_capability", "") == "9.0"
-
-
 def _gpu_inputs(shape, gate, dtype=jnp.bfloat16, seed=0):
   B, T, H, K, V = shape
   ks = jax.random.split(jax.random.key(seed), 5)
@@ -223,7 +219,7 @@ def _gpu_inputs(shape, gate, dtype=jnp.bfloat16, seed=0):
     ((1, 500, 3, 80, 200), "normal", jnp.float16),
 ])
 def test_compiled_matches_xla(shape, gate, dtype):
-  if not _is_sm90():
+  if not is_sm90():
     pytest.skip("needs an sm90 (Hopper) GPU")
   q, k, v, g, h0 = _gpu_inputs(shape, gate, dtype)
   run = lambda impl: jax.jit(functools.partial(ops.chunk_gla, impl=impl, initial_state=h0,
@@ -238,7 +234,7 @@ def test_compiled_matches_xla(shape, gate, dtype):
 
 @pytest.mark.gpu
 def test_compiled_segments_and_paths():
-  if not _is_sm90():
+  if not is_sm90():
     pytest.skip("needs an sm90 (Hopper) GPU")
   q, k, v, g, h0 = _gpu_inputs((2, 700, 2, 128, 64), "normal")
   seg = (jnp.arange(700)[None, :] // 150 + jnp.arange(2)[:, None]).astype(jnp.int32)

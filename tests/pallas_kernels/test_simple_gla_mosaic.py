@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels.common.checks import check_simple_gla_inputs
+from pallas_kernels.common.mosaic_gpu.layout import is_sm90
 from pallas_kernels.simple_gla import ops
 from pallas_kernels.simple_gla.mosaic_gpu import check_call, chunk_simple_gla_mosaic
 from pallas_kernels.simple_gla.mosaic_gpu.ops import default_block_v, fwd_options
@@ -175,14 +176,14 @@ def test_auto_takes_mosaic_only_where_measured(monkeypatch):
   assert {"mosaic_gpu", "mosaic_gpu_interpret"} <= set(ops.available_impls())
   info = _info(B=2, T=256, H=2, K=128, V=128, g=jnp.zeros((2, 256, 2)))
   pick = lambda: ops.CHUNK_SIMPLE_GLA.select(info, "auto", platform="gpu").name
-  monkeypatch.setattr(mops, "_is_sm90", lambda: True)
+  monkeypatch.setattr(mops, "is_sm90", lambda: True)
   monkeypatch.setattr(mops, "MEASURED_FASTER", {})
   assert pick() == "triton"
   assert "not measured faster" in mops.auto_check(info)
   monkeypatch.setattr(mops, "MEASURED_FASTER", {("scalar", "bfloat16", 128, 128): "test"})
   assert pick() == "mosaic_gpu"
   assert mops.auto_check(_info(B=2, T=256, H=2, K=64, V=128, g=jnp.zeros((2, 256, 2)))) is not None
-  monkeypatch.setattr(mops, "_is_sm90", lambda: False)  # pre-Hopper: never
+  monkeypatch.setattr(mops, "is_sm90", lambda: False)  # pre-Hopper: never
   assert pick() == "triton"
   # an explicit impl ignores the table (it is only auto's preference)
   monkeypatch.setattr(mops, "MEASURED_FASTER", {})
@@ -195,16 +196,11 @@ def test_auto_takes_mosaic_only_where_measured(monkeypatch):
 # ------------------------------------------------------------------------------------------------
 
 
-def _is_sm90() -> bool:
-  d = jax.devices()[0]
-  return d.platform == "gpu" and getattr(d, "compute_capability", "") == "9.0"
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(8, 2048, 16, 128, 128), (8, 2048, 4, 256, 512), (2, 300, 2, 48, 96)])
 @pytest.mark.parametrize("gate", ["scalar", "constant"])
 def test_compiled_matches_xla(shape, gate):
-  if not _is_sm90():
+  if not is_sm90():
     pytest.skip("needs an sm90 (Hopper) GPU")
   B, T, H, K, V = shape
   ks = jax.random.split(jax.random.key(0), 5)
@@ -226,7 +222,7 @@ def test_compiled_matches_xla(shape, gate):
 def test_compiled_gradients_match_xla(shape, gate):
   """The compiled backward (dq, dv, dk passes of the kernel; V 512 split in two) vs the xla impl's vjp,
   with h0, the final state's cotangent and packed documents."""
-  if not _is_sm90():
+  if not is_sm90():
     pytest.skip("needs an sm90 (Hopper) GPU")
   B, T, H, K, V = shape
   ks = jax.random.split(jax.random.key(1), 7)

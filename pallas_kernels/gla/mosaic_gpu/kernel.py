@@ -49,6 +49,8 @@ from jax import lax
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import compat
+from pallas_kernels.common.mosaic_gpu import tiles as mt
+from pallas_kernels.common.mosaic_gpu.tiles import COLS, F32, ROWS, WGMMA
 
 pl = compat.pl
 C = 64  # tokens per chunk
@@ -56,11 +58,7 @@ BK = 64  # K tile
 SUB = 16  # diagonal sub-block of the exact form
 PAD = SUB  # leading rows of the untiled gate / key buffers (windows shifted up by < SUB rows)
 REF = 31  # the dense form's reference row
-F32 = jnp.float32
 SEG_ROWS = ("cin", "tail", "carry", "doc")  # rows of the gate operand with segment_ids
-WGMMA = plgpu.Layout.WGMMA
-ROWS = WGMMA.reduce(1)  # one value per row of a WGMMA tile
-COLS = WGMMA.reduce(0)  # one value per column
 
 
 def vec_rows(has_seg: bool) -> tuple[str, ...]:
@@ -109,57 +107,13 @@ class FwdOptions:
     return self.buffers * (step + chunk) + work
 
 
-def _smem(shape, dtype):
-  """An SMEM tile tiled and swizzled for TMA and wgmma (minor dim = last dim)."""
-  dtype = jnp.dtype(dtype)
-  swizzle = plgpu.find_swizzle(shape[-1] * dtype.itemsize * 8)
-  return plgpu.SMEM(shape, dtype, transforms=(plgpu.TilingTransform((8, swizzle // dtype.itemsize)),
-                                              plgpu.SwizzleTransform(swizzle)))
-
-
-def _read(ref, layout, opts: FwdOptions, optimized: bool = True):
-  """A whole SMEM ref into registers: `plgpu.load` with `layout` compiled, `ref[...]` interpreted.
-  `optimized=False` for a WGMMA-layout load of an untiled buffer (it has bank conflicts)."""
-  if opts.interpret:
-    return ref[...]
-  return plgpu.load(ref, (), layout=layout, optimized=optimized)
-
-
-def _zeros(shape, opts: FwdOptions):
-  z = jnp.zeros(shape, F32)
-  return z if opts.interpret else plgpu.layout_cast(z, WGMMA)
-
-
-def _iota(shape, dim, opts: FwdOptions):
-  if opts.interpret:
-    return lax.broadcasted_iota(jnp.int32, shape, dim)
-  return plgpu.broadcasted_iota(jnp.int32, shape, dim, layout=WGMMA)
-
-
-def _mm(a_ref, b_ref, shape):
-  """a @ b of two SMEM tiles on the tensor cores, float32 accumulation, as registers. The barrier keeps
-  arithmetic on the result after the accumulator's wait."""
-  def body(acc):
-    plgpu.wgmma(acc, a_ref, b_ref)
-    return acc[...]
-  return lax.optimization_barrier(pl.run_scoped(body, plgpu.ACC(shape, F32)))
-
-
-def _rows(x, shape):
-  return lax.broadcast_in_dim(x, shape, [0])
-
-
-def _cols(x, shape):
-  return lax.broadcast_in_dim(x, shape, [1])
-
-
 def _tiles(t: dict, opts: FwdOptions):
   """The step's q, kᵀ, G, Gᵀ tiles, (re)read from SMEM as float32 registers (the branches of the
   scores read their own: nothing but S, the o and A accumulators stays live across the cond)."""
-  q = _read(t["q_s"], WGMMA, opts).astype(F32)
-  kT = _read(t["kt_s"], WGMMA, opts).astype(F32)
-  G = _read(t["g"].at[pl.ds(PAD, C)], WGMMA, opts, False)  # [C, BK]
-  Gt = _read(t["gt_s"], WGMMA, opts)  # [BK, C]
+  q = mt.read(t["q_s"], WGMMA, opts.interpret).astype(F32)
+  kT = mt.read(t["kt_s"], WGMMA, opts.interpret).astype(F32)
+  G = mt.read(t["g"].at[pl.ds(PAD, C)], WGMMA, opts.interpret, False)  # [C, BK]
+  Gt = mt.read(t["gt_s"], WGMMA, opts.interpret)  # [BK, C]
   return q, kT, G, Gt
 
 
@@ -168,10 +122,10 @@ def _dense_scores(t: dict, opts: FwdOptions):
   dt = jnp.dtype(opts.dtype)
   q, kT, G, Gt = _tiles(t, opts)
   g_row = t["g"].at[PAD + REF]
-  t["qa_s"][...] = (q * jnp.exp(G - _cols(_read(g_row, COLS, opts), (C, BK)))).astype(dt)
-  t["ka_s"][...] = (kT * jnp.exp(_rows(_read(g_row, ROWS, opts), (BK, C)) - Gt)).astype(dt)
+  t["qa_s"][...] = (q * jnp.exp(G - mt.cols(mt.read(g_row, COLS, opts.interpret), (C, BK)))).astype(dt)
+  t["ka_s"][...] = (kT * jnp.exp(mt.rows(mt.read(g_row, ROWS, opts.interpret), (BK, C)) - Gt)).astype(dt)
   plgpu.commit_smem()
-  return _mm(t["qa_s"], t["ka_s"], (C, C))
+  return mt.mm(t["qa_s"], t["ka_s"], (C, C))
 
 
 def _exact_scores(t: dict, opts: FwdOptions):
@@ -182,32 +136,32 @@ def _exact_scores(t: dict, opts: FwdOptions):
   q, kT, G, Gt = _tiles(t, opts)
   plgpu.commit_smem()
   plgpu.copy_gmem_to_smem(t["k_src"], t["kr_s"].at[pl.ds(PAD, C)], t["k_bar"])
-  row, colk = _iota((C, BK), 0, opts), _iota((BK, C), 1, opts)
-  gr = lambda r, layout: _read(g_s.at[PAD + r], layout, opts)
+  row, colk = mt.iota((C, BK), 0, opts.interpret), mt.iota((BK, C), 1, opts.interpret)
+  gr = lambda r, layout: mt.read(g_s.at[PAD + r], layout, opts.interpret)
   ninf = -jnp.inf
   # queries 32..63 × keys 0..31 through row 31
-  t["qa_s"][...] = (q * jnp.exp(jnp.where(row >= 32, G - _cols(gr(31, COLS), (C, BK)), ninf))).astype(dt)
-  t["ka_s"][...] = (kT * jnp.exp(jnp.where(colk < 32, _rows(gr(31, ROWS), (BK, C)) - Gt, ninf))
+  t["qa_s"][...] = (q * jnp.exp(jnp.where(row >= 32, G - mt.cols(gr(31, COLS), (C, BK)), ninf))).astype(dt)
+  t["ka_s"][...] = (kT * jnp.exp(jnp.where(colk < 32, mt.rows(gr(31, ROWS), (BK, C)) - Gt, ninf))
                     ).astype(dt)
   plgpu.commit_smem()
-  A = _mm(t["qa_s"], t["ka_s"], (C, C))
+  A = mt.mm(t["qa_s"], t["ka_s"], (C, C))
   # queries 16..31 × keys 0..15 through row 15, queries 48..63 × keys 32..47 through row 47
-  ref_q = jnp.where(row < 32, _cols(gr(15, COLS), (C, BK)), _cols(gr(47, COLS), (C, BK)))
-  ref_k = jnp.where(colk < 32, _rows(gr(15, ROWS), (BK, C)), _rows(gr(47, ROWS), (BK, C)))
+  ref_q = jnp.where(row < 32, mt.cols(gr(15, COLS), (C, BK)), mt.cols(gr(47, COLS), (C, BK)))
+  ref_k = jnp.where(colk < 32, mt.rows(gr(15, ROWS), (BK, C)), mt.rows(gr(47, ROWS), (BK, C)))
   t["qa_s"][...] = (q * jnp.exp(jnp.where(lax.rem(row, 32) >= 16, G - ref_q, ninf))).astype(dt)
   t["ka_s"][...] = (kT * jnp.exp(jnp.where(lax.rem(colk, 32) < 16, ref_k - Gt, ninf))).astype(dt)
   plgpu.commit_smem()
-  r, c = _iota((C, C), 0, opts), _iota((C, C), 1, opts)
-  A = A + jnp.where((r >= 48) & (c < 16), 0.0, _mm(t["qa_s"], t["ka_s"], (C, C)))
+  r, c = mt.iota((C, C), 0, opts.interpret), mt.iota((C, C), 1, opts.interpret)
+  A = A + jnp.where((r >= 48) & (c < 16), 0.0, mt.mm(t["qa_s"], t["ka_s"], (C, C)))
   # the diagonal 16×16 blocks, one sub-diagonal j at a time (rows t with t mod 16 ≥ j)
   plgpu.barrier_wait(t["k_bar"])
   sub = lax.rem(row, SUB)
 
   def diagonal(j, A):
-    kw = _read(t["kr_s"].at[pl.ds(PAD - j, C)], WGMMA, opts, False).astype(F32)  # k_{t−j}
-    gw = _read(g_s.at[pl.ds(PAD - j, C)], WGMMA, opts, False)  # G_{t−j}
+    kw = mt.read(t["kr_s"].at[pl.ds(PAD - j, C)], WGMMA, opts.interpret, False).astype(F32)  # k_{t−j}
+    gw = mt.read(g_s.at[pl.ds(PAD - j, C)], WGMMA, opts.interpret, False)  # G_{t−j}
     d = jnp.sum(jnp.where(sub >= j, q * kw * jnp.exp(G - gw), 0.0), axis=1)  # where: pad rows
-    return A + jnp.where(c == r - j, _rows(d, (C, C)), 0.0)
+    return A + jnp.where(c == r - j, mt.rows(d, (C, C)), 0.0)
 
   return lax.fori_loop(0, SUB, diagonal, A)
 
@@ -228,10 +182,10 @@ def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, g_s, gt_s, v_s, vec_s, qi_s, 
     if opts.has_h0:
       plgpu.copy_gmem_to_smem(h0_ref.at[b, h, pl.ds(kt * BK, BK), cols], st_s, st_bar)
       plgpu.barrier_wait(st_bar)
-      S0.append(_read(st_s, WGMMA, opts))
+      S0.append(mt.read(st_s, WGMMA, opts.interpret))
       plgpu.commit_smem()
     else:
-      S0.append(_zeros((BK, BV), opts))
+      S0.append(mt.zeros((BK, BV), opts.interpret))
 
   def issue(n, kt, slot):  # TMA of step (chunk n, K tile kt)'s tiles into buffer `slot`
     rows, kc = pl.ds(n * C, C), pl.ds(kt * BK, BK)
@@ -266,11 +220,11 @@ def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, g_s, gt_s, v_s, vec_s, qi_s, 
     v, vec = v_s.at[cslot], vec_s.at[cslot]
     dense = vec[names.index("dense"), 0] > 0.5
     if opts.has_seg:
-      cin = _read(vec.at[names.index("cin")], ROWS, opts)  # broadcast where used: 1-D while live
-      tail = _read(vec.at[names.index("tail")], COLS, opts)
+      cin = mt.read(vec.at[names.index("cin")], ROWS, opts.interpret)  # broadcast where used: 1-D while live
+      tail = mt.read(vec.at[names.index("tail")], COLS, opts.interpret)
       carry = vec[names.index("carry"), 0]
-    qS = _zeros((C, BV), opts)
-    A = _zeros((C, C), opts)
+    qS = mt.zeros((C, BV), opts.interpret)
+    A = mt.zeros((C, C), opts.interpret)
     for kt in range(NK):
       slot = lax.rem(n * NK + kt, 2) if double else 0
       if not double:
@@ -290,27 +244,27 @@ def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, g_s, gt_s, v_s, vec_s, qi_s, 
                    qa_s=qa_s, ka_s=ka_s, kr_s=kr_s, k_bar=k_bar,
                    k_src=k_ref.at[b, rows, h, pl.ds(kt * BK, BK)])
       q, kT, G, Gt = _tiles(tiles, opts)
-      gam_r = _read(tiles["g"].at[PAD + C - 1], ROWS, opts)  # Γ, one value per row of [BK, ·] tiles
+      gam_r = mt.read(tiles["g"].at[PAD + C - 1], ROWS, opts.interpret)  # Γ, one value per row of [BK, ·] tiles
       qe = q * jnp.exp(G)
-      qi_s[...] = (qe * _rows(cin, (C, BK)) if opts.has_seg else qe).astype(dt)
-      ke = kT * jnp.exp(_rows(gam_r, (BK, C)) - Gt)
-      kd_s[...] = (ke * _cols(tail, (BK, C)) if opts.has_seg else ke).astype(dt)
+      qi_s[...] = (qe * mt.rows(cin, (C, BK)) if opts.has_seg else qe).astype(dt)
+      ke = kT * jnp.exp(mt.rows(gam_r, (BK, C)) - Gt)
+      kd_s[...] = (ke * mt.cols(tail, (BK, C)) if opts.has_seg else ke).astype(dt)
       s_s[...] = S[kt].astype(dt)
       plgpu.commit_smem()
-      qS = qS + _mm(qi_s, s_s, (C, BV))
-      decay = _rows(jnp.exp(gam_r), (BK, BV))
-      S[kt] = S[kt] * (decay * carry if opts.has_seg else decay) + _mm(kd_s, v, (BK, BV))
+      qS = qS + mt.mm(qi_s, s_s, (C, BV))
+      decay = mt.rows(jnp.exp(gam_r), (BK, BV))
+      S[kt] = S[kt] * (decay * carry if opts.has_seg else decay) + mt.mm(kd_s, v, (BK, BV))
       A = A + lax.cond(dense, functools.partial(_dense_scores, tiles, opts),
                        functools.partial(_exact_scores, tiles, opts))
 
-    r, c = _iota((C, C), 0, opts), _iota((C, C), 1, opts)
+    r, c = mt.iota((C, C), 0, opts.interpret), mt.iota((C, C), 1, opts.interpret)
     live = r >= c
     if opts.has_seg:
       doc = vec.at[names.index("doc")]
-      live = live & (_rows(_read(doc, ROWS, opts), (C, C)) == _cols(_read(doc, COLS, opts), (C, C)))
+      live = live & (mt.rows(mt.read(doc, ROWS, opts.interpret), (C, C)) == mt.cols(mt.read(doc, COLS, opts.interpret), (C, C)))
     a_s[...] = (jnp.where(live, A, 0.0) * opts.scale).astype(dt)
     plgpu.commit_smem()
-    o = qS * opts.scale + _mm(a_s, v, (C, BV))
+    o = qS * opts.scale + mt.mm(a_s, v, (C, BV))
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous chunk's o has left o_s
     o_s[...] = o.astype(o_s.dtype)
     plgpu.commit_smem()
@@ -327,11 +281,6 @@ def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, g_s, gt_s, v_s, vec_s, qi_s, 
   plgpu.wait_smem_to_gmem(0)
 
 
-def compiler_params():
-  """Lane semantics (explicit layouts), spelled out: JAX 0.11 changed the default to Warpgroup."""
-  return plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane)
-
-
 def chunk_fwd(q, kt, g, gt, k, v, vec, h0, opts: FwdOptions):
   """q, k [B, Tp, H, Kp], kt [B, H, Kp, Tp] (k transposed), v [B, Tp, H, Vp] (one 16-bit dtype;
   float32 in interpret mode), g [B, Tp, H, Kp] f32 (the chunk-local gate cumsum G) and gt its transpose
@@ -344,17 +293,17 @@ def chunk_fwd(q, kt, g, gt, k, v, vec, h0, opts: FwdOptions):
     out_type.append(compat.pallas_out_struct((B, H, K, V), F32, q))
   nb = opts.buffers
   scratch = dict(
-      q_s=_smem((nb, C, BK), dt), kt_s=_smem((nb, BK, C), dt), g_s=plgpu.SMEM((nb, PAD + C, BK), F32),
-      gt_s=_smem((nb, BK, C), F32), v_s=_smem((nb, C, BV), dt), vec_s=plgpu.SMEM((nb, opts.R, C), F32),
-      qi_s=_smem((C, BK), dt), qa_s=_smem((C, BK), dt), kd_s=_smem((BK, C), dt),
-      ka_s=_smem((BK, C), dt), s_s=_smem((BK, BV), dt), a_s=_smem((C, C), dt),
-      o_s=_smem((C, BV), v.dtype), st_s=_smem((BK, BV), F32), kr_s=plgpu.SMEM((PAD + C, BK), dt),
+      q_s=mt.smem((nb, C, BK), dt), kt_s=mt.smem((nb, BK, C), dt), g_s=plgpu.SMEM((nb, PAD + C, BK), F32),
+      gt_s=mt.smem((nb, BK, C), F32), v_s=mt.smem((nb, C, BV), dt), vec_s=plgpu.SMEM((nb, opts.R, C), F32),
+      qi_s=mt.smem((C, BK), dt), qa_s=mt.smem((C, BK), dt), kd_s=mt.smem((BK, C), dt),
+      ka_s=mt.smem((BK, C), dt), s_s=mt.smem((BK, BV), dt), a_s=mt.smem((C, C), dt),
+      o_s=mt.smem((C, BV), v.dtype), st_s=mt.smem((BK, BV), F32), kr_s=plgpu.SMEM((PAD + C, BK), dt),
       bar=plgpu.Barrier(num_arrivals=4, num_barriers=nb),
       vbar=plgpu.Barrier(num_arrivals=2, num_barriers=nb), st_bar=plgpu.Barrier(),
       k_bar=plgpu.Barrier())
   run = plgpu.kernel(functools.partial(fwd_kernel, opts=opts), out_type=out_type,
                      scratch_types=scratch, grid=(B * H, V // BV), grid_names=("bh", "v"),
-                     compiler_params=compiler_params(), kernel_name="gla_mosaic_fwd",
+                     compiler_params=mt.compiler_params(), kernel_name="gla_mosaic_fwd",
                      interpret=compat.gpu_interpret_params() if opts.interpret else None)
   args = [q, kt, g, gt, k, v, vec] + ([h0] if opts.has_h0 else [])
   outs = run(*args)

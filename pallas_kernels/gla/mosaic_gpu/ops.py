@@ -34,15 +34,14 @@ import jax.numpy as jnp
 
 from pallas_kernels.common.checks import CallInfo, check_gla_inputs, default_scale
 from pallas_kernels.common.dispatch import Implementation
+from pallas_kernels.common.mosaic_gpu.layout import (
+    COMPILED_DTYPES, G_FLOOR, SMEM_LIMIT, pad, round_up)
 from pallas_kernels.common.segments import doc_index
 from pallas_kernels.gla.chunk import chunk_gla_xla
 from pallas_kernels.gla.mosaic_gpu.kernel import BK, C, F32, REF, FwdOptions, chunk_fwd
 
 MAX_DIM = 512
 MAX_K_COMPILED = 256  # the float32 state [Kp, BV] is in registers: 128 of them per thread at K = 256
-G_FLOOR = -60.0  # log decays are raised to this (e^-60 ≈ 1e-26: zero next to what it is added to)
-SMEM_LIMIT = 227 * 1024  # an H100/H200 block's shared memory
-COMPILED_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 DENSE_MAX_EXP = {"float16": 8.0}  # the dense form's largest |exponent|; 40 for the other dtypes
 PATHS = ("auto", "dense", "exact")  # the intra-chunk form per chunk: by span, or forced (tests)
 
@@ -60,23 +59,11 @@ class Config:
   path: str = "auto"
 
 
-def _round_up(x: int, m: int) -> int:
-  return -(-x // m) * m
-
-
-def _pad(x, axis: int, size: int, mode: str = "constant"):
-  if x.shape[axis] == size:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, widths, mode=mode)
-
-
 def fwd_options(info: CallInfo, scale: float, block_v: int, want_ht: bool, interpret: bool):
   """The launch's options; double-buffered input tiles where they fit the SMEM (the same choice in
   interpret mode, so both forms are tested)."""
-  opts = FwdOptions(B=info.B, H=info.H, T=_round_up(info.T, C), K=_round_up(info.K, BK),
-                    V=_round_up(info.V, block_v), BV=block_v, dtype=jnp.dtype(info.dtype).name,
+  opts = FwdOptions(B=info.B, H=info.H, T=round_up(info.T, C), K=round_up(info.K, BK),
+                    V=round_up(info.V, block_v), BV=block_v, dtype=jnp.dtype(info.dtype).name,
                     scale=scale, has_h0=info.has_initial_state, has_seg=info.has_segment_ids,
                     want_ht=want_ht, interpret=interpret)
   return opts if opts.smem_bytes() <= SMEM_LIMIT else dataclasses.replace(opts, buffers=1)
@@ -90,7 +77,7 @@ def gate_operands(info: CallInfo, g, segment_ids, Tp: int, Kp: int, path: str = 
   """G [B, Tp, H, Kp], Gᵀ [B, H, Kp, Tp] and the [B, H, R, Tp] rows of `kernel.vec_rows`."""
   B, H = info.B, info.H
   N = Tp // C
-  ge = _pad(_pad(jnp.maximum(g.astype(F32), G_FLOOR), 1, Tp), 3, Kp)  # padding: g = 0 decays nothing
+  ge = pad(pad(jnp.maximum(g.astype(F32), G_FLOOR), 1, Tp), 3, Kp)  # padding: g = 0 decays nothing
   G = jnp.cumsum(ge.reshape(B, N, C, H, Kp), axis=2)
   if path == "auto":  # the dense form's factors e^{G_t − G_REF} and e^{G_REF − G_s} for every t, s
     span = jnp.max(jnp.maximum(G[:, :, 0] - G[:, :, REF], G[:, :, REF] - G[:, :, -1]), axis=-1)
@@ -99,7 +86,7 @@ def gate_operands(info: CallInfo, g, segment_ids, Tp: int, Kp: int, path: str = 
     dense = jnp.full((B, N, H), 1.0 if path == "dense" else 0.0, F32)
   rows = [jnp.broadcast_to(jnp.transpose(dense, (0, 2, 1))[:, :, :, None], (B, H, N, C))]
   if segment_ids is not None:  # padding continues the last document
-    d = _pad(doc_index(segment_ids), 1, Tp, mode="edge").reshape(B, 1, N, C)
+    d = pad(doc_index(segment_ids), 1, Tp, mode="edge").reshape(B, 1, N, C)
     prev = jnp.concatenate([jnp.zeros_like(d[:, :, :1, -1:]), d[:, :, :-1, -1:]], axis=2)
     last = d[..., -1:]
     rows += [d == prev, d == last, jnp.broadcast_to(last == prev, d.shape), d]
@@ -114,12 +101,12 @@ def prepare(cfg: Config, q, k, v, g, h0, segment_ids):
   info = cfg.info
   opts = fwd_options(info, cfg.scale, cfg.block_v, cfg.output_final_state, cfg.interpret)
   Tp, Kp, Vp = opts.T, opts.K, opts.V
-  pad_k = lambda x: _pad(_pad(x, 1, Tp), 3, Kp)
+  pad_k = lambda x: pad(pad(x, 1, Tp), 3, Kp)
   kp = pad_k(k)
   G, Gt, vec = gate_operands(info, g, segment_ids, Tp, Kp, cfg.path)
   if h0 is not None:
-    h0 = _pad(_pad(h0.astype(F32), 2, Kp), 3, Vp)
-  return opts, (pad_k(q), jnp.transpose(kp, (0, 2, 3, 1)), G, Gt, kp, _pad(_pad(v, 1, Tp), 3, Vp),
+    h0 = pad(pad(h0.astype(F32), 2, Kp), 3, Vp)
+  return opts, (pad_k(q), jnp.transpose(kp, (0, 2, 3, 1)), G, Gt, kp, pad(pad(v, 1, Tp), 3, Vp),
                 vec, h0)
 
 

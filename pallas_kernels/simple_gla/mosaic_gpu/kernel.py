@@ -30,15 +30,13 @@ from jax import lax
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import compat
+from pallas_kernels.common.mosaic_gpu import tiles as mt
+from pallas_kernels.common.mosaic_gpu.tiles import COLS, F32, ROWS, WGMMA
 
 pl = compat.pl
 C = 64
-F32 = jnp.float32
 VEC_ROWS = ("G", "qf", "kf", "sd", "doc")  # rows of the [B, H, R, Tp] float32 gate operand ("doc" with
 #                                            segment_ids only: the document index, exact in float32)
-WGMMA = plgpu.Layout.WGMMA
-ROWS = WGMMA.reduce(1)  # one value per row of a WGMMA tile
-COLS = WGMMA.reduce(0)  # one value per column
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,49 +75,6 @@ class FwdOptions:
     return it * (inputs + tiles) + 4 * (self.buffers * self.R * C + K * BV)  # + gate rows, h0 / ht
 
 
-def _smem(shape, dtype):
-  """An SMEM tile tiled and swizzled for TMA and wgmma (minor dim = last dim)."""
-  dtype = jnp.dtype(dtype)
-  swizzle = plgpu.find_swizzle(shape[-1] * dtype.itemsize * 8)
-  return plgpu.SMEM(shape, dtype, transforms=(plgpu.TilingTransform((8, swizzle // dtype.itemsize)),
-                                              plgpu.SwizzleTransform(swizzle)))
-
-
-def _read(ref, layout, opts: FwdOptions):
-  """A whole SMEM ref into registers: `plgpu.load` with `layout` compiled, `ref[...]` interpreted."""
-  if opts.interpret:
-    return ref[...]
-  return plgpu.load(ref, (), layout=layout)
-
-
-def _zeros(shape, opts: FwdOptions):
-  z = jnp.zeros(shape, F32)
-  return z if opts.interpret else plgpu.layout_cast(z, WGMMA)
-
-
-def _iota(shape, dim, opts: FwdOptions):
-  if opts.interpret:
-    return lax.broadcasted_iota(jnp.int32, shape, dim)
-  return plgpu.broadcasted_iota(jnp.int32, shape, dim, layout=WGMMA)
-
-
-def _mm(a_ref, b_ref, shape):
-  """a @ b of two SMEM tiles on the tensor cores, float32 accumulation, as registers. The barrier keeps
-  arithmetic on the result after the accumulator's wait."""
-  def body(acc):
-    plgpu.wgmma(acc, a_ref, b_ref)
-    return acc[...]
-  return lax.optimization_barrier(pl.run_scoped(body, plgpu.ACC(shape, F32)))
-
-
-def _rows(x, shape):
-  return lax.broadcast_in_dim(x, shape, [0])
-
-
-def _cols(x, shape):
-  return lax.broadcast_in_dim(x, shape, [1])
-
-
 def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, v_s, vec_s, s_s, a_s, kd_s, o_s, st_s, bar, st_bar):
   q_ref, kt_ref, v_ref, vec_ref, *rest = refs
   h0_ref = rest.pop(0) if opts.has_h0 else None
@@ -133,9 +88,9 @@ def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, v_s, vec_s, s_s, a_s, kd_s, o
   if opts.has_h0:
     plgpu.copy_gmem_to_smem(h0_ref.at[b, h, :, cols], st_s, st_bar)
     plgpu.barrier_wait(st_bar)
-    S0 = _read(st_s, WGMMA, opts)
+    S0 = mt.read(st_s, WGMMA, opts.interpret)
   else:
-    S0 = _zeros((K, BV), opts)
+    S0 = mt.zeros((K, BV), opts.interpret)
 
   def issue(n, slot):  # TMA of chunk n's tiles into buffer `slot`
     rows = pl.ds(n * C, C)
@@ -163,19 +118,19 @@ def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, v_s, vec_s, s_s, a_s, kd_s, o
     q, kt, v, vec = q_s.at[slot], kt_s.at[slot], v_s.at[slot], vec_s.at[slot]
     s_s[...] = S.astype(dt)
     plgpu.commit_smem()
-    qS = _mm(q, s_s, (C, BV))
-    qk = _mm(q, kt, (C, C))
-    G_r, G_c = _read(vec.at[0], ROWS, opts), _read(vec.at[0], COLS, opts)
-    live = _iota((C, C), 0, opts) >= _iota((C, C), 1, opts)
+    qS = mt.mm(q, s_s, (C, BV))
+    qk = mt.mm(q, kt, (C, C))
+    G_r, G_c = mt.read(vec.at[0], ROWS, opts.interpret), mt.read(vec.at[0], COLS, opts.interpret)
+    live = mt.iota((C, C), 0, opts.interpret) >= mt.iota((C, C), 1, opts.interpret)
     if opts.has_seg:
       doc = vec.at[VEC_ROWS.index("doc")]
-      live = live & (_rows(_read(doc, ROWS, opts), (C, C)) == _cols(_read(doc, COLS, opts), (C, C)))
-    M = jnp.exp(jnp.where(live, _rows(G_r, (C, C)) - _cols(G_c, (C, C)), -jnp.inf))
+      live = live & (mt.rows(mt.read(doc, ROWS, opts.interpret), (C, C)) == mt.cols(mt.read(doc, COLS, opts.interpret), (C, C)))
+    M = jnp.exp(jnp.where(live, mt.rows(G_r, (C, C)) - mt.cols(G_c, (C, C)), -jnp.inf))
     a_s[...] = (qk * M * opts.scale).astype(dt)
-    kf = _read(vec.at[2], COLS, opts)
-    kd_s[...] = (_read(kt, WGMMA, opts).astype(F32) * _cols(kf, (K, C))).astype(dt)
+    kf = mt.read(vec.at[2], COLS, opts.interpret)
+    kd_s[...] = (mt.read(kt, WGMMA, opts.interpret).astype(F32) * mt.cols(kf, (K, C))).astype(dt)
     plgpu.commit_smem()
-    o = qS * _rows(_read(vec.at[1], ROWS, opts), (C, BV)) + _mm(a_s, v, (C, BV))
+    o = qS * mt.rows(mt.read(vec.at[1], ROWS, opts.interpret), (C, BV)) + mt.mm(a_s, v, (C, BV))
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous chunk's o has left o_s
     o_s[...] = o.astype(o_s.dtype)
     if opts.want_states:  # the state entering chunk n (st_s is free: h0 was read before the loop)
@@ -184,7 +139,7 @@ def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, v_s, vec_s, s_s, a_s, kd_s, o
     plgpu.copy_smem_to_gmem(o_s, o_ref.at[b, rows, h, cols])
     if opts.want_states:
       plgpu.copy_smem_to_gmem(st_s, hs_ref.at[b, h, n, :, cols])
-    return S * vec[3, 0] + _mm(kd_s, v, (K, BV))
+    return S * vec[3, 0] + mt.mm(kd_s, v, (K, BV))
 
   S = lax.fori_loop(0, opts.N, step, S0)
   if opts.want_ht:
@@ -193,11 +148,6 @@ def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, v_s, vec_s, s_s, a_s, kd_s, o
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(st_s, ht_ref.at[b, h, :, cols])
   plgpu.wait_smem_to_gmem(0)
-
-
-def compiler_params():
-  """Lane semantics (explicit layouts), spelled out: JAX 0.11 changed the default to Warpgroup."""
-  return plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane)
 
 
 def chunk_fwd(q, kt, v, vec, h0, opts: FwdOptions):
@@ -213,13 +163,13 @@ def chunk_fwd(q, kt, v, vec, h0, opts: FwdOptions):
   if opts.want_states:
     out_type.append(compat.pallas_out_struct((B, H, opts.N, K, V), F32, q))
   nb = opts.buffers
-  scratch = dict(q_s=_smem((nb, C, K), dt), kt_s=_smem((nb, K, C), dt), v_s=_smem((nb, C, BV), dt),
-                 vec_s=plgpu.SMEM((nb, opts.R, C), F32), s_s=_smem((K, BV), dt), a_s=_smem((C, C), dt),
-                 kd_s=_smem((K, C), dt), o_s=_smem((C, BV), v.dtype), st_s=_smem((K, BV), F32),
+  scratch = dict(q_s=mt.smem((nb, C, K), dt), kt_s=mt.smem((nb, K, C), dt), v_s=mt.smem((nb, C, BV), dt),
+                 vec_s=plgpu.SMEM((nb, opts.R, C), F32), s_s=mt.smem((K, BV), dt), a_s=mt.smem((C, C), dt),
+                 kd_s=mt.smem((K, C), dt), o_s=mt.smem((C, BV), v.dtype), st_s=mt.smem((K, BV), F32),
                  bar=plgpu.Barrier(num_arrivals=4, num_barriers=nb), st_bar=plgpu.Barrier())
   run = plgpu.kernel(functools.partial(fwd_kernel, opts=opts), out_type=out_type,
                      scratch_types=scratch, grid=(B * H, V // BV), grid_names=("bh", "v"),
-                     compiler_params=compiler_params(), kernel_name="simple_gla_mosaic_fwd",
+                     compiler_params=mt.compiler_params(), kernel_name="simple_gla_mosaic_fwd",
                      interpret=compat.gpu_interpret_params() if opts.interpret else None)
   args = [q, kt, v, vec] + ([h0] if opts.has_h0 else [])
   outs = run(*args)

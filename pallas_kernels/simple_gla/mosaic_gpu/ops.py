@@ -54,6 +54,8 @@ import jax.numpy as jnp
 
 from pallas_kernels.common.checks import CallInfo, check_simple_gla_inputs, default_scale
 from pallas_kernels.common.dispatch import Implementation
+from pallas_kernels.common.mosaic_gpu.layout import (
+    COMPILED_DTYPES, G_FLOOR, SMEM_LIMIT, is_sm90, pad, round_up)
 from pallas_kernels.common.segments import doc_index
 from pallas_kernels.common.chunk_stages import chunk_local_cumsum
 from pallas_kernels.common.chunking import chunked_doc_index, doc_masks, from_chunks, to_chunks
@@ -61,9 +63,6 @@ from pallas_kernels.simple_gla.chunk import ChunkOptions, chunk_gate_grad, chunk
 from pallas_kernels.simple_gla.mosaic_gpu.kernel import C, F32, FwdOptions, chunk_fwd
 
 MAX_DIM = 512
-G_FLOOR = -60.0  # log decays are raised to this (e^-60 ≈ 1e-26: zero next to what it is added to)
-SMEM_LIMIT = 227 * 1024  # an H100/H200 block's shared memory
-COMPILED_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,22 +77,10 @@ class Config:
   interpret: bool
 
 
-def _round_up(x: int, m: int) -> int:
-  return -(-x // m) * m
-
-
-def _pad(x, axis: int, size: int, mode: str = "constant"):
-  if x.shape[axis] == size:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, widths, mode=mode)
-
-
 def default_block_v(info: CallInfo) -> int:
   """V tile: 128 where the padded V allows it, K ≤ 128 (the f32 state tile [Kp, BV] lives in
   registers) and there are still ≥ 132 programs (one per SM); else 64."""
-  Kp, V64 = _round_up(info.K, 64), _round_up(info.V, 64)
+  Kp, V64 = round_up(info.K, 64), round_up(info.V, 64)
   if V64 % 128 == 0 and Kp <= 128 and info.B * info.H * (V64 // 128) >= 132:
     return 128
   return 64
@@ -103,8 +90,8 @@ def fwd_options(info: CallInfo, scale: float, block_v: int, want_ht: bool, inter
                 want_states: bool = False):
   """The launch's options; double-buffered input tiles where they fit the SMEM (the same choice in
   interpret mode, so both forms are tested)."""
-  opts = FwdOptions(B=info.B, H=info.H, T=_round_up(info.T, C), K=_round_up(info.K, 64),
-                    V=_round_up(info.V, block_v), BV=block_v, dtype=jnp.dtype(info.dtype).name,
+  opts = FwdOptions(B=info.B, H=info.H, T=round_up(info.T, C), K=round_up(info.K, 64),
+                    V=round_up(info.V, block_v), BV=block_v, dtype=jnp.dtype(info.dtype).name,
                     scale=scale, has_h0=info.has_initial_state, has_seg=info.has_segment_ids,
                     want_ht=want_ht, interpret=interpret, want_states=want_states)
   return opts if opts.smem_bytes() <= SMEM_LIMIT else dataclasses.replace(opts, buffers=1)
@@ -121,10 +108,10 @@ def gate_rows(info: CallInfo, g, g_gamma, segment_ids, scale: float, Tp: int):
   else:
     ge = jnp.zeros((B, H, T), F32)
   N = Tp // C
-  G = jnp.cumsum(_pad(ge, 2, Tp).reshape(B, H, N, C), axis=-1)  # padded rows (g = 0) do not decay
+  G = jnp.cumsum(pad(ge, 2, Tp).reshape(B, H, N, C), axis=-1)  # padded rows (g = 0) do not decay
   gam = G[..., -1:]
   if segment_ids is not None:  # padding continues the last document
-    d = _pad(doc_index(segment_ids), 1, Tp, mode="edge").reshape(B, 1, N, C)
+    d = pad(doc_index(segment_ids), 1, Tp, mode="edge").reshape(B, 1, N, C)
     prev = jnp.concatenate([jnp.zeros_like(d[:, :, :1, -1:]), d[:, :, :-1, -1:]], axis=2)
     last = d[..., -1:]
     cin, tail, carry = d == prev, d == last, last == prev
@@ -142,12 +129,12 @@ def prepare(cfg: Config, q, k, v, g, g_gamma, h0, segment_ids, want_states: bool
   info = cfg.info
   opts = fwd_options(info, cfg.scale, cfg.block_v, cfg.output_final_state, cfg.interpret, want_states)
   Tp, Kp, Vp = opts.T, opts.K, opts.V
-  pad_k = lambda x: _pad(_pad(x, 1, Tp), 3, Kp)
+  pad_k = lambda x: pad(pad(x, 1, Tp), 3, Kp)
   kt = jnp.transpose(pad_k(k), (0, 2, 3, 1))  # [B, H, Kp, Tp]
   vec = gate_rows(info, g, g_gamma, segment_ids, cfg.scale, Tp)
   if h0 is not None:
-    h0 = _pad(_pad(h0.astype(F32), 2, Kp), 3, Vp)
-  return opts, (pad_k(q), kt, _pad(_pad(v, 1, Tp), 3, Vp), vec, h0)
+    h0 = pad(pad(h0.astype(F32), 2, Kp), 3, Vp)
+  return opts, (pad_k(q), kt, pad(pad(v, 1, Tp), 3, Vp), vec, h0)
 
 
 def _forward(cfg: Config, q, k, v, g, g_gamma, h0, seg, want_states: bool = False):
@@ -206,7 +193,7 @@ def _bwd_rule(cfg, residuals, cotangents):
   do, dht = cotangents
   info, s = cfg.info, cfg.scale
   B, T, H = info.B, info.T, info.H
-  Tp = _round_up(T, C)
+  Tp = round_up(T, C)
   do = do.astype(v.dtype)
   if info.gate == "scalar":
     gt = jnp.maximum(g.astype(F32), G_FLOOR)  # [B, T, H], as the forward's gate rows floor it
@@ -217,7 +204,7 @@ def _bwd_rule(cfg, residuals, cotangents):
   want_states = info.gate == "scalar"  # dg's exact form reads h and dh per chunk
   # time reversal of the sequence padded to Tp (the padding first): the reversed chunks are the
   # original ones in reverse order, so the states of both directions meet at the same boundaries
-  rev = lambda x, mode="constant": jnp.flip(_pad(x, 1, Tp, mode), 1)
+  rev = lambda x, mode="constant": jnp.flip(pad(x, 1, Tp, mode), 1)
   unrev = lambda x: jnp.flip(x, 1)[:, :T]
   g_rev = None
   if gt is not None:
@@ -345,19 +332,11 @@ def check_call(info: CallInfo, interpret: bool = False, block_v: int | None = No
 MEASURED_FASTER: dict[tuple[str, str, int, int], str] = {}
 
 
-def _is_sm90() -> bool:
-  try:
-    d = jax.devices()[0]
-  except RuntimeError:
-    return False
-  return d.platform == "gpu" and str(getattr(d, "compute_capability", "")) == "9.0"
-
-
 def auto_check(info: CallInfo) -> str | None:
   """Why impl="auto" passes over "mosaic_gpu" for a call it can serve (None: measured faster here)."""
-  if not _is_sm90():
+  if not is_sm90():
     return "Mosaic GPU kernels are Hopper (sm90) only"
-  key = (info.gate, jnp.dtype(info.dtype).name, _round_up(info.K, 64), _round_up(info.V, 64))
+  key = (info.gate, jnp.dtype(info.dtype).name, round_up(info.K, 64), round_up(info.V, 64))
   if key not in MEASURED_FASTER:
     return (f"not measured faster than triton at gate={key[0]}, {key[1]}, K={info.K}, V={info.V} "
             "(MEASURED_FASTER in pallas_kernels/simple_gla/mosaic_gpu/ops.py)")

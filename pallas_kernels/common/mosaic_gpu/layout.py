@@ -1,0 +1,32 @@
+"""Padding and device limits shared by the Mosaic GPU ops' wrappers (pallas_kernels/*/mosaic_gpu/ops.py)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+G_FLOOR = -60.0  # log decays are raised to this (e^-60 ≈ 1e-26: zero next to what it is added to)
+SMEM_LIMIT = 227 * 1024  # an H100/H200 block's shared memory
+COMPILED_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))  # wgmma operands
+
+
+def round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
+def pad(x, axis: int, size: int, mode: str = "constant"):
+  """x padded at the end of `axis` to `size` (`mode` as jnp.pad's); x itself when it has that size."""
+  if x.shape[axis] == size:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, widths, mode=mode)
+
+
+def is_sm90() -> bool:
+  """Whether the default device is a Hopper (sm90) GPU, the one the compiled kernels target."""
+  try:
+    d = jax.devices()[0]
+  except RuntimeError:
+    return False
+  return d.platform == "gpu" and str(getattr(d, "compute_capability", "")) == "9.0"
