@@ -6,6 +6,7 @@ without remat."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 
 import jax
@@ -57,25 +58,38 @@ def test_dots_and_op_out_keeps_the_op_output_and_no_float32_activations(kind):
   assert _layer_bytes(dots) < _layer_bytes(kept)
 
 
+def _grads(cfg, params, ids, w):
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0))))
+  return jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(ids) * w))(params)
+
+
+@functools.lru_cache(maxsize=None)
+def _grad_inputs(scan: bool):
+  """The float32 no-remat model's params and a weighted-logits loss's inputs (shared by the policies)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    model = build_model(_cfg("gla", remat=False, dtype="float32", scan_layers=scan), rngs=nnx.Rngs(0))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  return (params, jax.random.randint(jax.random.key(1), (B, T), 0, 256),
+          jax.random.normal(jax.random.key(2), (B, T, 256)))
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_grads(scan: bool):
+  """The no-remat model's gradients, once per layout (every policy is compared with them)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    return _grads(_cfg("gla", remat=False, dtype="float32", scan_layers=scan), *_grad_inputs(scan))
+
+
 @pytest.mark.parametrize("policy,scan", [("dots_and_op_out", True), ("dots_saveable", True), ("full", True),
                                          ("dots_and_op_out", False)])
 def test_policies_give_the_same_gradients(policy, scan):
   ref_cfg = _cfg("gla", remat=False, dtype="float32", scan_layers=scan)
   cfg = dataclasses.replace(ref_cfg, remat=True, remat_policy=policy)
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    params = nnx.to_pure_dict(nnx.state(build_model(ref_cfg, rngs=nnx.Rngs(0)), nnx.Param))
-  ids = jax.random.randint(jax.random.key(1), (B, T), 0, 256)
-  w = jax.random.normal(jax.random.key(2), (B, T, 256))
-
-  def grads(c):
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(c, rngs=nnx.Rngs(0))))
-    return jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(ids) * w))(params)
-
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    want = grads(ref_cfg)
-  got = grads(cfg)
+  params, ids, w = _grad_inputs(scan)
+  want = _reference_grads(scan)
+  got = _grads(cfg, params, ids, w)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
     scale = float(np.max(np.abs(b))) + 1e-12
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5 * scale,

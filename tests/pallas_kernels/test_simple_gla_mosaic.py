@@ -52,8 +52,8 @@ def test_matches_spec(case):
 
 
 def test_wide_v_tile_and_k_neq_v():
+  """block_v=128 (the default tile is 64; K ≠ V with gradients: CASES' T=100, K=64, V=128)."""
   case = Case(T=70, K=64, V=128, B=1, H=1)
-  assert_close(_run(case), reference(case), F32_TOL)
   inputs = make_inputs(case)
   o, ht = chunk_simple_gla_mosaic(inputs.q, inputs.k, inputs.v, inputs.g, initial_state=inputs.h0,
                                   output_final_state=True, interpret=True, block_v=128)
@@ -82,8 +82,8 @@ def test_no_final_state_and_default_scale():
 
 def test_gradients_without_final_state():
   x = make_inputs(Case(T=70, K=16, V=32, h0=False, B=1))
-  grad = lambda impl: jax.grad(lambda q, k, v, g: ops.chunk_simple_gla(q, k, v, g, impl=impl)[0].sum(),
-                               argnums=(0, 1, 2, 3))(x.q, x.k, x.v, x.g)
+  grad = lambda impl: jax.jit(jax.grad(lambda q, k, v, g: ops.chunk_simple_gla(q, k, v, g, impl=impl)[0].sum(),
+                                       argnums=(0, 1, 2, 3)))(x.q, x.k, x.v, x.g)
   for name, a, b in zip(("dq", "dk", "dv", "dg"), grad("mosaic_gpu_interpret"), grad("xla")):
     assert rel_err(a, b) < 1e-5, (name, rel_err(a, b))
 
@@ -95,13 +95,12 @@ def test_strong_decay_bf16_is_finite():
   assert_close(got, reference(case), BF16_TOL)
 
 
-@pytest.mark.parametrize("case", [Case(T=70, K=16, V=32, seg=True),
-                                  Case(T=130, K=48, V=96, gate="constant", seg=True, B=1),
-                                  Case(T=64, K=16, V=300, gate="none", B=1, H=1)],  # V split in two parts
+@pytest.mark.parametrize("case", [Case(T=64, K=16, V=300, gate="none", B=1, H=1),  # V split in two parts
+                                  Case(T=70, K=16, V=32, seg=True, B=1, H=1)],
                          ids=lambda c: c.id)
 def test_gradients_match_xla(case):
   """The Mosaic backward (three more kernel passes; dg from their per-chunk states) against the xla
-  impl's vjp."""
+  impl's vjp, to 1e-5 (test_matches_spec checks every case's gradients against the spec)."""
   got = _run(case)
   want = jax.jit(functools.partial(outputs_and_grads,
                                    functools.partial(ops.chunk_simple_gla, impl="xla")))(
