@@ -15,6 +15,15 @@ import jax.numpy as jnp
 from pallas_kernels.common.segments import doc_index
 
 
+def pad_axis(x, axis: int, size: int, mode: str = "constant"):
+  """x zero-padded (or edge-padded) along `axis` to `size`."""
+  if x.shape[axis] == size:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, widths, mode=mode)
+
+
 def to_chunks(x, C: int):
   """[B, T, H, D] → [B, H, N, C, D], zero-padding T up to a multiple of C."""
   B, T, H, D = x.shape

@@ -1,4 +1,4 @@
-"""Padding and device limits shared by the Mosaic GPU ops' wrappers (pallas_kernels/*/mosaic_gpu/ops.py)."""
+"""Sizes and device limits shared by the Mosaic GPU ops' wrappers (pallas_kernels/*/mosaic_gpu/ops.py)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,6 @@ COMPILED_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))  # wgmma ope
 
 def round_up(x: int, m: int) -> int:
   return -(-x // m) * m
-
-
-def pad(x, axis: int, size: int, mode: str = "constant"):
-  """x padded at the end of `axis` to `size` (`mode` as jnp.pad's); x itself when it has that size."""
-  if x.shape[axis] == size:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, widths, mode=mode)
 
 
 def is_sm90() -> bool:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+
 from pallas_kernels import compat
 
 pl = compat.pl
@@ -43,15 +44,6 @@ def fit_tile(d: int, cap: int) -> int:
   while d % t:
     t //= 2
   return t
-
-
-def pad_axis(x, axis: int, size: int, mode: str = "constant"):
-  """x zero-padded (or edge-padded) along `axis` to `size`."""
-  if x.shape[axis] == size:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, widths, mode=mode)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -33,9 +33,10 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.common.checks import CallInfo, check_gla_inputs, default_scale
+from pallas_kernels.common.chunking import pad_axis
 from pallas_kernels.common.dispatch import Implementation
 from pallas_kernels.common.mosaic_gpu.layout import (
-    COMPILED_DTYPES, G_FLOOR, SMEM_LIMIT, pad, round_up)
+    COMPILED_DTYPES, G_FLOOR, SMEM_LIMIT, round_up)
 from pallas_kernels.common.segments import doc_index
 from pallas_kernels.gla.chunk import chunk_gla_xla
 from pallas_kernels.gla.mosaic_gpu.kernel import BK, C, F32, REF, FwdOptions, chunk_fwd
@@ -77,7 +78,7 @@ def gate_operands(info: CallInfo, g, segment_ids, Tp: int, Kp: int, path: str = 
   """G [B, Tp, H, Kp], Gᵀ [B, H, Kp, Tp] and the [B, H, R, Tp] rows of `kernel.vec_rows`."""
   B, H = info.B, info.H
   N = Tp // C
-  ge = pad(pad(jnp.maximum(g.astype(F32), G_FLOOR), 1, Tp), 3, Kp)  # padding: g = 0 decays nothing
+  ge = pad_axis(pad_axis(jnp.maximum(g.astype(F32), G_FLOOR), 1, Tp), 3, Kp)  # padding: g = 0 decays nothing
   G = jnp.cumsum(ge.reshape(B, N, C, H, Kp), axis=2)
   if path == "auto":  # the dense form's factors e^{G_t − G_REF} and e^{G_REF − G_s} for every t, s
     span = jnp.max(jnp.maximum(G[:, :, 0] - G[:, :, REF], G[:, :, REF] - G[:, :, -1]), axis=-1)
@@ -86,7 +87,7 @@ def gate_operands(info: CallInfo, g, segment_ids, Tp: int, Kp: int, path: str = 
     dense = jnp.full((B, N, H), 1.0 if path == "dense" else 0.0, F32)
   rows = [jnp.broadcast_to(jnp.transpose(dense, (0, 2, 1))[:, :, :, None], (B, H, N, C))]
   if segment_ids is not None:  # padding continues the last document
-    d = pad(doc_index(segment_ids), 1, Tp, mode="edge").reshape(B, 1, N, C)
+    d = pad_axis(doc_index(segment_ids), 1, Tp, mode="edge").reshape(B, 1, N, C)
     prev = jnp.concatenate([jnp.zeros_like(d[:, :, :1, -1:]), d[:, :, :-1, -1:]], axis=2)
     last = d[..., -1:]
     rows += [d == prev, d == last, jnp.broadcast_to(last == prev, d.shape), d]
@@ -101,12 +102,12 @@ def prepare(cfg: Config, q, k, v, g, h0, segment_ids):
   info = cfg.info
   opts = fwd_options(info, cfg.scale, cfg.block_v, cfg.output_final_state, cfg.interpret)
   Tp, Kp, Vp = opts.T, opts.K, opts.V
-  pad_k = lambda x: pad(pad(x, 1, Tp), 3, Kp)
+  pad_k = lambda x: pad_axis(pad_axis(x, 1, Tp), 3, Kp)
   kp = pad_k(k)
   G, Gt, vec = gate_operands(info, g, segment_ids, Tp, Kp, cfg.path)
   if h0 is not None:
-    h0 = pad(pad(h0.astype(F32), 2, Kp), 3, Vp)
-  return opts, (pad_k(q), jnp.transpose(kp, (0, 2, 3, 1)), G, Gt, kp, pad(pad(v, 1, Tp), 3, Vp),
+    h0 = pad_axis(pad_axis(h0.astype(F32), 2, Kp), 3, Vp)
+  return opts, (pad_k(q), jnp.transpose(kp, (0, 2, 3, 1)), G, Gt, kp, pad_axis(pad_axis(v, 1, Tp), 3, Vp),
                 vec, h0)
 
 

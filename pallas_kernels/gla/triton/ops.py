@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.common.checks import CallInfo, check_gla_inputs, default_scale
+from pallas_kernels.common.chunking import pad_axis
 from pallas_kernels.common.segments import doc_index
 from pallas_kernels.common.dispatch import Implementation
 from pallas_kernels.common.triton.gates import G_FLOOR
@@ -91,14 +92,6 @@ _chunk_gla.defvjp(_chunk_gla_fwd_rule, _chunk_gla_bwd_rule)
 # ------------------------------------------------------------------------------------------------
 # the op
 # ------------------------------------------------------------------------------------------------
-
-
-def _pad(x, axis: int, size: int, mode: str = "constant"):
-  if x.shape[axis] == size:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, widths, mode=mode)
 
 
 def chunk_gla_triton(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
@@ -176,18 +169,18 @@ def prepare(q, k, v, g, *, info: CallInfo | None = None, scale=None, initial_sta
                        has_h0=initial_state is not None, has_seg=segment_ids is not None,
                        blocks=blocks, path=path, interpret=interpret, state_dtype=state_dtype)
   # zero padding is inert: k = v = 0 adds nothing to the state, g = 0 does not decay it
-  pad_k = lambda x: _pad(_pad(x, 1, Tp), 3, Kp)
+  pad_k = lambda x: pad_axis(pad_axis(x, 1, Tp), 3, Kp)
   h0 = None
   if initial_state is not None:
-    h0 = _pad(_pad(initial_state.astype(F32), 2, Kp), 3, Vp)
+    h0 = pad_axis(pad_axis(initial_state.astype(F32), 2, Kp), 3, Vp)
   doc = None
   if segment_ids is not None:  # padding continues the last document
-    doc = _pad(doc_index(segment_ids), 1, Tp, mode="edge")
+    doc = pad_axis(doc_index(segment_ids), 1, Tp, mode="edge")
   # −inf (legal) → G_FLOOR, as simple GLA's kernels do: the kernels take differences of chunk cumsums,
   # and −inf − (−inf) is NaN; e^{−60} is 0 at float32 resolution, and `where` gives those entries the
   # gradient 0 (the true e^g·(…) ≈ 0). Gates ≥ G_FLOOR are passed unchanged.
   g = jnp.where(g < G_FLOOR, jnp.asarray(G_FLOOR, g.dtype), g)
-  return opts, (pad_k(q), pad_k(k), _pad(_pad(v, 1, Tp), 3, Vp), pad_k(g), h0, doc)
+  return opts, (pad_k(q), pad_k(k), pad_axis(pad_axis(v, 1, Tp), 3, Vp), pad_k(g), h0, doc)
 
 
 def check_call(info: CallInfo) -> str | None:

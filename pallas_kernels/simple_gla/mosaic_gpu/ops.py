@@ -55,10 +55,10 @@ import jax.numpy as jnp
 from pallas_kernels.common.checks import CallInfo, check_simple_gla_inputs, default_scale
 from pallas_kernels.common.dispatch import Implementation
 from pallas_kernels.common.mosaic_gpu.layout import (
-    COMPILED_DTYPES, G_FLOOR, SMEM_LIMIT, is_sm90, pad, round_up)
+    COMPILED_DTYPES, G_FLOOR, SMEM_LIMIT, is_sm90, round_up)
 from pallas_kernels.common.segments import doc_index
 from pallas_kernels.common.chunk_stages import chunk_local_cumsum
-from pallas_kernels.common.chunking import chunked_doc_index, doc_masks, from_chunks, to_chunks
+from pallas_kernels.common.chunking import chunked_doc_index, doc_masks, from_chunks, pad_axis, to_chunks
 from pallas_kernels.simple_gla.chunk import ChunkOptions, chunk_gate_grad, chunk_grads
 from pallas_kernels.simple_gla.mosaic_gpu.kernel import C, F32, FwdOptions, chunk_fwd
 
@@ -108,10 +108,10 @@ def gate_rows(info: CallInfo, g, g_gamma, segment_ids, scale: float, Tp: int):
   else:
     ge = jnp.zeros((B, H, T), F32)
   N = Tp // C
-  G = jnp.cumsum(pad(ge, 2, Tp).reshape(B, H, N, C), axis=-1)  # padded rows (g = 0) do not decay
+  G = jnp.cumsum(pad_axis(ge, 2, Tp).reshape(B, H, N, C), axis=-1)  # padded rows (g = 0) do not decay
   gam = G[..., -1:]
   if segment_ids is not None:  # padding continues the last document
-    d = pad(doc_index(segment_ids), 1, Tp, mode="edge").reshape(B, 1, N, C)
+    d = pad_axis(doc_index(segment_ids), 1, Tp, mode="edge").reshape(B, 1, N, C)
     prev = jnp.concatenate([jnp.zeros_like(d[:, :, :1, -1:]), d[:, :, :-1, -1:]], axis=2)
     last = d[..., -1:]
     cin, tail, carry = d == prev, d == last, last == prev
@@ -129,12 +129,12 @@ def prepare(cfg: Config, q, k, v, g, g_gamma, h0, segment_ids, want_states: bool
   info = cfg.info
   opts = fwd_options(info, cfg.scale, cfg.block_v, cfg.output_final_state, cfg.interpret, want_states)
   Tp, Kp, Vp = opts.T, opts.K, opts.V
-  pad_k = lambda x: pad(pad(x, 1, Tp), 3, Kp)
+  pad_k = lambda x: pad_axis(pad_axis(x, 1, Tp), 3, Kp)
   kt = jnp.transpose(pad_k(k), (0, 2, 3, 1))  # [B, H, Kp, Tp]
   vec = gate_rows(info, g, g_gamma, segment_ids, cfg.scale, Tp)
   if h0 is not None:
-    h0 = pad(pad(h0.astype(F32), 2, Kp), 3, Vp)
-  return opts, (pad_k(q), kt, pad(pad(v, 1, Tp), 3, Vp), vec, h0)
+    h0 = pad_axis(pad_axis(h0.astype(F32), 2, Kp), 3, Vp)
+  return opts, (pad_k(q), kt, pad_axis(pad_axis(v, 1, Tp), 3, Vp), vec, h0)
 
 
 def _forward(cfg: Config, q, k, v, g, g_gamma, h0, seg, want_states: bool = False):
@@ -204,7 +204,7 @@ def _bwd_rule(cfg, residuals, cotangents):
   want_states = info.gate == "scalar"  # dg's exact form reads h and dh per chunk
   # time reversal of the sequence padded to Tp (the padding first): the reversed chunks are the
   # original ones in reverse order, so the states of both directions meet at the same boundaries
-  rev = lambda x, mode="constant": jnp.flip(pad(x, 1, Tp, mode), 1)
+  rev = lambda x, mode="constant": jnp.flip(pad_axis(x, 1, Tp, mode), 1)
   unrev = lambda x: jnp.flip(x, 1)[:, :T]
   g_rev = None
   if gt is not None:

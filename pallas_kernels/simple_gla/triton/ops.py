@@ -39,7 +39,8 @@ from pallas_kernels.common.dispatch import Implementation
 from pallas_kernels.common.segments import doc_index
 from pallas_kernels.common.triton import state as shared_state
 from pallas_kernels.common.triton.gates import G_FLOOR, gamma_operand
-from pallas_kernels.common.triton.tiles import C, F32, pad_axis, padded_dim
+from pallas_kernels.common.chunking import pad_axis
+from pallas_kernels.common.triton.tiles import C, F32, padded_dim
 from pallas_kernels.simple_gla.triton.bwd import chunk_grads
 from pallas_kernels.simple_gla.triton.common import BlockSizes, KernelOptions
 from pallas_kernels.simple_gla.triton.fwd import chunk_fwd
