@@ -1,6 +1,7 @@
 """Runs every examples/*.ipynb top to bottom in a fresh Jupyter kernel (nbclient): a cell that raises fails
 the test, and so does a notebook that runs past its time limit (NOTEBOOK_TIMEOUT seconds for the whole
-notebook, 180 by default: the examples are sized for ≤ 3 minutes on 2 CPU cores).
+notebook, 600 by default). The examples are sized for about 2 minutes each on 2 idle CPU cores (the test
+prints each one's time); the limit only catches a hang, so a slow or busy CI machine does not fail them.
 
     pytest tests/test_notebooks.py -n 2        # one notebook per worker
 
@@ -20,7 +21,7 @@ import pytest
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 NOTEBOOKS = sorted(glob.glob(os.path.join(EXAMPLES, "*.ipynb")))
-TIMEOUT_S = float(os.environ.get("NOTEBOOK_TIMEOUT", "180"))
+TIMEOUT_S = float(os.environ.get("NOTEBOOK_TIMEOUT", "600"))
 
 
 def _error_text(cell) -> str:
