@@ -24,6 +24,27 @@ def pad_axis(x, axis: int, size: int, mode: str = "constant"):
   return jnp.pad(x, widths, mode=mode)
 
 
+def _two_float_add(a, b):
+  """(hi, lo) + (hi, lo) of float32 pairs whose sum hi + lo carries ~2× float32's digits (Knuth's two-sum
+  of the leading parts, the trailing parts added to its error, then renormalised)."""
+  (a_hi, a_lo), (b_hi, b_lo) = a, b
+  s = a_hi + b_hi
+  b_virtual = s - a_hi
+  err = (a_hi - (s - b_virtual)) + (b_hi - b_virtual)
+  lo = err + a_lo + b_lo
+  hi = s + lo
+  return hi, lo - (hi - s)
+
+
+def compensated_cumsum(x, axis: int):
+  """The inclusive cumsum of float32 `x` along `axis` as two float32 arrays (hi, lo), hi + lo exact to
+  ~1e-14 relative: hi alone (the float32 cumsum's precision) has absolute error ~ulp(hi), so a
+  difference hi_t − hi_s of two large prefix sums loses digits that lo keeps — (hi_t − hi_s) +
+  (lo_t − lo_s) is the sum Σ_{s<r≤t} x_r to float32 precision of itself, at any |hi|."""
+  x = x.astype(jnp.float32)
+  return jax.lax.associative_scan(_two_float_add, (x, jnp.zeros_like(x)), axis=axis)
+
+
 def to_chunks(x, C: int):
   """[B, T, H, D] → [B, H, N, C, D], zero-padding T up to a multiple of C."""
   B, T, H, D = x.shape

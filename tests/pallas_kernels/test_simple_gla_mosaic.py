@@ -2,7 +2,7 @@
 against the float32 spec (`naive_recurrent_simple_gla`).
 
 Outputs, final state and every gradient (through the custom_vjp, whose backward runs the kernel three
-more times; dg of the scalar gate from their per-chunk states) for each gate kind (g, g_gamma, none), initial states, T not a multiple of 64, K ≠ V with K and V
+more times; dg of the scalar gate from the strict dq and dk passes) for each gate kind (g, g_gamma, none), initial states, T not a multiple of 64, K ≠ V with K and V
 padded to the 64-wide tiles (16, 48, 64, 96, 128) and a 128-wide V tile, packed documents, strong decay
 (≈ −20 per token) with −inf entries, float32 (tight bounds: interpret mode multiplies float32 exactly)
 and bf16 / fp16 (relative-RMS bounds); argument errors; dispatch (explicit-only). GPU-marked: the
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels.common.checks import check_simple_gla_inputs
+from pallas_kernels.common.chunking import compensated_cumsum
 from pallas_kernels.common.mosaic_gpu.layout import is_sm90
 from pallas_kernels.simple_gla import ops
 from pallas_kernels.simple_gla.mosaic_gpu import check_call, chunk_simple_gla_mosaic
@@ -99,7 +100,7 @@ def test_strong_decay_bf16_is_finite():
                                   Case(T=70, K=16, V=32, seg=True, B=1, H=1)],
                          ids=lambda c: c.id)
 def test_gradients_match_xla(case):
-  """The Mosaic backward (three more kernel passes; dg from their per-chunk states) against the xla
+  """The Mosaic backward (three more kernel passes; dg from the strict dq and dk passes) against the xla
   impl's vjp, to 1e-5 (test_matches_spec checks every case's gradients against the spec)."""
   got = _run(case)
   want = jax.jit(functools.partial(outputs_and_grads,
@@ -110,6 +111,20 @@ def test_gradients_match_xla(case):
       assert a is None, name
       continue
     assert rel_err(a, b) < 1e-5, (name, rel_err(a, b))
+
+
+def test_compensated_cumsum_keeps_differences_exact():
+  """The gate rows' G = hi + lo: at −20 per token a chunk's float32 cumsum reaches −1280 and its adjacent
+  differences are off by ~1e-4 (a 1e-4 relative error of every pair's weight); hi + lo's are not."""
+  x = -(19.0 + np.random.default_rng(0).random((4, 64))).astype(np.float32)
+  hi, lo = jax.jit(lambda x: compensated_cumsum(x, 1))(x)
+  hi, lo = np.asarray(hi, np.float64), np.asarray(lo, np.float64)
+  exact = np.cumsum(x.astype(np.float64), 1)
+  assert np.abs(hi + lo - exact).max() < 1e-9
+  diff = (hi[:, 1:] - hi[:, :-1]) + (lo[:, 1:] - lo[:, :-1])
+  assert np.abs(diff - x[:, 1:]).max() < 1e-5 * 1e-1  # float32 precision of the ~20-sized differences
+  plain = np.cumsum(x, 1)
+  assert np.abs((plain[:, 1:] - plain[:, :-1]) - x[:, 1:]).max() > 1e-5  # what the plain cumsum loses
 
 
 def test_backward_is_mosaic():
@@ -291,5 +306,5 @@ def test_backward_lowers_for_cuda(dims, gate):
   once = lower(loss).count("simple_gla_mosaic_fwd")
   launches = (2 if V > 256 else 1) * 2 + 1  # dq and dk (V split in parts of 256), dv (the unused forward is
   #                                           dropped: the loss is linear in o and ht)
-  argnums = (0, 1, 2, 3, 4) if gate == "scalar" else (0, 1, 2, 4)  # dg: the passes' per-chunk states
+  argnums = (0, 1, 2, 3, 4) if gate == "scalar" else (0, 1, 2, 4)  # dg: from the strict dq and dk passes
   assert once > 0 and lower(jax.grad(loss, argnums=argnums)).count("simple_gla_mosaic_fwd") == launches * once

@@ -9,12 +9,21 @@ that depends only on the gate is precomputed by `ops.prepare` into the `vec` ope
                                            sd = e^{Γ} · [no document starts inside the chunk]
   M_ts = e^{G_t − G_s} for s ≤ t in one document, else 0 (the exponent is −inf before the exp).
 
+G comes as two float32 rows, G = G_hi + G_lo (`chunking.compensated_cumsum`), and the exponent is
+(G_hi,t − G_hi,s) + (G_lo,t − G_lo,s): a float32 G of a chunk at strong decay reaches −1280 (−20 per
+token), where its own rounding (~1e-4) would be a 1e-4 relative error of every pair's weight — the
+pairs are all of dg, so the backward needs them to float32 precision.
+
 Every matmul is a `plgpu.wgmma` whose two operands are SMEM tiles (q [C, Kp], kᵀ [Kp, C], v [C, BV],
 and the bf16/fp16 copies of S, of the scores and of the decayed keys the kernel writes there), so no
 operand is transposed in SMEM and none comes from registers: the layout JAX 0.10's interpret mode
 runs, and one code path for interpret and compiled. Keys arrive transposed ([B, H, Kp, Tp], made by
 `ops.prepare`). Loads of TMA'd tiles into registers take an explicit layout when compiled
 (`plgpu.load`, which interpret mode lacks) and a plain `ref[...]` when interpreted.
+
+With `FwdOptions.strict` the scores keep only the pairs s < t (M_tt = 0: the caller adds each token's
+own pair, exactly, outside) and o is written in float32: the backward's form, from which the gate's
+gradient is formed without the O(1) diagonal terms that would cancel (ops.py).
 
 Tiles: C = 64 rows per chunk; Kp a multiple of 64 (wgmma's M for kᵀ v); BV 64 or 128. The input
 tiles of chunk n + 1 are TMA'd into a second buffer while chunk n computes (`FwdOptions.buffers`).
@@ -35,7 +44,7 @@ from pallas_kernels.common.mosaic_gpu.tiles import COLS, F32, ROWS, WGMMA
 
 pl = compat.pl
 C = 64
-VEC_ROWS = ("G", "qf", "kf", "sd", "doc")  # rows of the [B, H, R, Tp] float32 gate operand ("doc" with
+VEC_ROWS = ("G", "G_lo", "qf", "kf", "sd", "doc")  # rows of the [B, H, R, Tp] float32 gate operand ("doc" with
 #                                            segment_ids only: the document index, exact in float32)
 
 
@@ -55,7 +64,7 @@ class FwdOptions:
   has_seg: bool
   want_ht: bool
   interpret: bool = False
-  want_states: bool = False  # also write the state entering each chunk, [B, H, N, Kp, Vp] float32
+  strict: bool = False  # scores of the pairs s < t only, o in float32 (module docstring)
   buffers: int = 2  # 2: chunk n + 1's tiles load while chunk n computes; 1 where two do not fit SMEM
 
   @property
@@ -66,13 +75,18 @@ class FwdOptions:
   def R(self) -> int:
     return len(VEC_ROWS) if self.has_seg else len(VEC_ROWS) - 1
 
+  @property
+  def o_dtype(self):
+    return jnp.dtype(jnp.float32) if self.strict else jnp.dtype(self.dtype)
+
   def smem_bytes(self) -> int:
     """Shared memory the kernel allocates (compiled: must stay under the H200's 227 KiB)."""
     it = jnp.dtype(self.dtype).itemsize
     K, BV = self.K, self.BV
     inputs = self.buffers * (C * K + K * C + C * BV)  # q, kᵀ, v
-    tiles = K * C + K * BV + C * C + C * BV  # decayed kᵀ, S, A, o
-    return it * (inputs + tiles) + 4 * (self.buffers * self.R * C + K * BV)  # + gate rows, h0 / ht
+    tiles = K * C + K * BV + C * C  # decayed kᵀ, S, A
+    o_tile = C * BV * self.o_dtype.itemsize
+    return it * (inputs + tiles) + o_tile + 4 * (self.buffers * self.R * C + K * BV)  # + gate rows, h0 / ht
 
 
 def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, v_s, vec_s, s_s, a_s, kd_s, o_s, st_s, bar, st_bar):
@@ -80,7 +94,6 @@ def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, v_s, vec_s, s_s, a_s, kd_s, o
   h0_ref = rest.pop(0) if opts.has_h0 else None
   o_ref, *rest = rest
   ht_ref = rest.pop(0) if opts.want_ht else None
-  hs_ref = rest.pop(0) if opts.want_states else None
   K, BV, dt = opts.K, opts.BV, jnp.dtype(opts.dtype)
   bh, vt = lax.axis_index("bh"), lax.axis_index("v")
   b, h = lax.div(bh, opts.H), lax.rem(bh, opts.H)
@@ -120,26 +133,24 @@ def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, v_s, vec_s, s_s, a_s, kd_s, o
     plgpu.commit_smem()
     qS = mt.mm(q, s_s, (C, BV))
     qk = mt.mm(q, kt, (C, C))
-    G_r, G_c = mt.read(vec.at[0], ROWS, opts.interpret), mt.read(vec.at[0], COLS, opts.interpret)
-    live = mt.iota((C, C), 0, opts.interpret) >= mt.iota((C, C), 1, opts.interpret)
+    row = lambda name, layout: mt.read(vec.at[VEC_ROWS.index(name)], layout, opts.interpret)
+    G_r, G_c, L_r, L_c = row("G", ROWS), row("G", COLS), row("G_lo", ROWS), row("G_lo", COLS)
+    t_idx, s_idx = mt.iota((C, C), 0, opts.interpret), mt.iota((C, C), 1, opts.interpret)
+    live = t_idx > s_idx if opts.strict else t_idx >= s_idx
     if opts.has_seg:
-      doc = vec.at[VEC_ROWS.index("doc")]
-      live = live & (mt.rows(mt.read(doc, ROWS, opts.interpret), (C, C)) == mt.cols(mt.read(doc, COLS, opts.interpret), (C, C)))
-    M = jnp.exp(jnp.where(live, mt.rows(G_r, (C, C)) - mt.cols(G_c, (C, C)), -jnp.inf))
+      live = live & (mt.rows(row("doc", ROWS), (C, C)) == mt.cols(row("doc", COLS), (C, C)))
+    exponent = (mt.rows(G_r, (C, C)) - mt.cols(G_c, (C, C))) + (mt.rows(L_r, (C, C)) - mt.cols(L_c, (C, C)))
+    M = jnp.exp(jnp.where(live, exponent, -jnp.inf))
     a_s[...] = (qk * M * opts.scale).astype(dt)
-    kf = mt.read(vec.at[2], COLS, opts.interpret)
+    kf = row("kf", COLS)
     kd_s[...] = (mt.read(kt, WGMMA, opts.interpret).astype(F32) * mt.cols(kf, (K, C))).astype(dt)
     plgpu.commit_smem()
-    o = qS * mt.rows(mt.read(vec.at[1], ROWS, opts.interpret), (C, BV)) + mt.mm(a_s, v, (C, BV))
+    o = qS * mt.rows(row("qf", ROWS), (C, BV)) + mt.mm(a_s, v, (C, BV))
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous chunk's o has left o_s
     o_s[...] = o.astype(o_s.dtype)
-    if opts.want_states:  # the state entering chunk n (st_s is free: h0 was read before the loop)
-      st_s[...] = S
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(o_s, o_ref.at[b, rows, h, cols])
-    if opts.want_states:
-      plgpu.copy_smem_to_gmem(st_s, hs_ref.at[b, h, n, :, cols])
-    return S * vec[3, 0] + mt.mm(kd_s, v, (K, BV))
+    return S * vec[VEC_ROWS.index("sd"), 0] + mt.mm(kd_s, v, (K, BV))
 
   S = lax.fori_loop(0, opts.N, step, S0)
   if opts.want_ht:
@@ -152,20 +163,18 @@ def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, v_s, vec_s, s_s, a_s, kd_s, o
 
 def chunk_fwd(q, kt, v, vec, h0, opts: FwdOptions):
   """q [B, Tp, H, Kp], kt [B, H, Kp, Tp], v [B, Tp, H, Vp] (one 16-bit dtype; float32 in interpret
-  mode), vec [B, H, R, Tp] f32, h0 [B, H, Kp, Vp] f32 or None → (o [B, Tp, H, Vp] (v.dtype), with
-  `opts.want_ht` the final state [B, H, Kp, Vp] f32 else None, with `opts.want_states` the state
-  entering each chunk [B, H, N, Kp, Vp] f32 else None)."""
+  mode), vec [B, H, R, Tp] f32, h0 [B, H, Kp, Vp] f32 or None → (o [B, Tp, H, Vp] (v.dtype; float32
+  with `opts.strict`), with `opts.want_ht` the final state [B, H, Kp, Vp] f32 else None)."""
   B, T, H, K, V, BV = opts.B, opts.T, opts.H, opts.K, opts.V, opts.BV
   dt = jnp.dtype(opts.dtype)
-  out_type = [compat.pallas_out_struct((B, T, H, V), v.dtype, q)]
+  o_dtype = F32 if opts.strict else v.dtype
+  out_type = [compat.pallas_out_struct((B, T, H, V), o_dtype, q)]
   if opts.want_ht:
     out_type.append(compat.pallas_out_struct((B, H, K, V), F32, q))
-  if opts.want_states:
-    out_type.append(compat.pallas_out_struct((B, H, opts.N, K, V), F32, q))
   nb = opts.buffers
   scratch = dict(q_s=mt.smem((nb, C, K), dt), kt_s=mt.smem((nb, K, C), dt), v_s=mt.smem((nb, C, BV), dt),
                  vec_s=plgpu.SMEM((nb, opts.R, C), F32), s_s=mt.smem((K, BV), dt), a_s=mt.smem((C, C), dt),
-                 kd_s=mt.smem((K, C), dt), o_s=mt.smem((C, BV), v.dtype), st_s=mt.smem((K, BV), F32),
+                 kd_s=mt.smem((K, C), dt), o_s=mt.smem((C, BV), o_dtype), st_s=mt.smem((K, BV), F32),
                  bar=plgpu.Barrier(num_arrivals=4, num_barriers=nb), st_bar=plgpu.Barrier())
   run = plgpu.kernel(functools.partial(fwd_kernel, opts=opts), out_type=out_type,
                      scratch_types=scratch, grid=(B * H, V // BV), grid_names=("bh", "v"),
@@ -175,5 +184,4 @@ def chunk_fwd(q, kt, v, vec, h0, opts: FwdOptions):
   outs = run(*args)
   outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
   o = outs.pop(0)
-  ht = outs.pop(0) if opts.want_ht else None
-  return o, ht, (outs.pop(0) if opts.want_states else None)
+  return o, (outs.pop(0) if opts.want_ht else None)

@@ -14,24 +14,26 @@ the reversed chunks are the original ones in reverse order; segment ids flipped 
 g⃖_τ = g_{T−τ} (g⃖_0 = 0: a pair (t, s) decays by e^{G_t − G_s} = Π_{s<r≤t} e^{g_r} in either
 direction) and s the scale (the kernel scales what it reads from its state, so the cotangent states
 enter divided by s). Contractions over V (the dq and dk passes read V as their K) are split in parts
-of ≤ 256 and summed. Each pass keeps its state in registers (per-chunk states are written only for dg). Gradients: q, k, v, g, initial_state (g_gamma is a constant of
-the op, as in every impl).
+of ≤ 256 and summed. Each pass keeps its state in registers; nothing per chunk is written. Gradients:
+q, k, v, g, initial_state (g_gamma is a constant of the op, as in every impl).
 
-dg of the scalar gate: the "xla" impl's exact stages 6–7 (`chunk.chunk_grads` / `chunk_gate_grad`:
-each pair's own contribution, nothing of size O(1) cancels at strong decay) on the per-chunk states
-that the dq and dv passes write as they go (`want_states`: h entering each chunk from the dq pass,
-transposed; ∂L/∂(state leaving each chunk) from the dv pass, reversed, times e^{g} of the next chunk's
-first token, 0 where a document starts there). The shortcut revcumsum_t(Σ_K q ⊙ dq − Σ_K k ⊙ dk) +
-Σ ht ⊙ dht is exact in algebra but cancels O(1) terms (each token's own pair is in both sums): at −20
-per token the true dg is ~1e-7 and that form's float32 error was ~4e-6 (interpret mode). The states
-cost 2 · B·H·N·K·V float32 writes and reads, the scalar gate only; g_gamma and the ungated op do
-not write them.
+dg of the scalar gate, from the dq and dk passes alone. With c_ts = s·e^{G_t − G_s}(q_t·k_s)(do_t·v_s)
+the contribution of the pair (t, s), dg_r = Σ_{s < r ≤ t} c_ts (plus the pairs of h0 and of the final
+state's cotangent), and in algebra dg = revcumsum_t(Σ_K q ⊙ dq − Σ_K k ⊙ dk) + ⟨ht, dht⟩: the pairs with
+both ends ≥ r cancel between the two sums. Each token's own pair c_tt is in both sums at full size
+(e^0), so formed like that the result — ~1e-7 at −20 per token — is the difference of O(1) numbers
+(float32 error ~4e-6 in interpret mode). So for the scalar gate the dq and dk passes run `strict`
+(kernel.py: the scores keep only s < t; o in float32): dq' = dq − s(do_t·v_t)k_t and dk' = dk −
+s(do_t·v_t)q_t, and dg = revcumsum(Σ_K q ⊙ dq' − Σ_K k ⊙ dk') + ⟨ht, dht⟩, where what cancels is only
+pairs of the size of the result; dq and dk add the diagonal term back (XLA, elementwise). The cost: the
+two passes' outputs in float32 instead of 16 bits, and O(B·T·H·(K + V)) elementwise work.
 
 What `prepare` does outside the kernel (XLA, O(B·T·H·(K + V)) elementwise work): pads T to a multiple of
 64, K to a multiple of 64 and V to a multiple of the V tile (zeros: inert — k = v = 0 adds nothing, a
 padded gate of 0 decays nothing), transposes k to [B, H, Kp, Tp], and turns the gate (g [B, T, H],
 g_gamma [H] or none) and segment_ids into the per-token rows of `kernel.VEC_ROWS`: G (chunk-local
-cumsum of the log decay, entries raised to −60 like the Triton kernels', so −inf is a clean reset),
+cumsum of the log decay, entries raised to −60 like the Triton kernels', so −inf is a clean reset;
+compensated: G_hi and G_lo),
 the query factor s·e^{G}, the key factor e^{Γ−G}, the state factor e^{Γ}, each times its document
 mask (packed documents restart the state exactly as the Triton kernels do: queries read the carried
 state only in the chunk's first document, keys feed it only from its last, and it decays into the next
@@ -57,9 +59,7 @@ from pallas_kernels.common.dispatch import Implementation
 from pallas_kernels.common.mosaic_gpu.layout import (
     COMPILED_DTYPES, G_FLOOR, SMEM_LIMIT, is_sm90, round_up)
 from pallas_kernels.common.segments import doc_index
-from pallas_kernels.common.chunk_stages import chunk_local_cumsum
-from pallas_kernels.common.chunking import chunked_doc_index, doc_masks, from_chunks, pad_axis, to_chunks
-from pallas_kernels.simple_gla.chunk import ChunkOptions, chunk_gate_grad, chunk_grads
+from pallas_kernels.common.chunking import compensated_cumsum, pad_axis
 from pallas_kernels.simple_gla.mosaic_gpu.kernel import C, F32, FwdOptions, chunk_fwd
 
 MAX_DIM = 512
@@ -87,13 +87,13 @@ def default_block_v(info: CallInfo) -> int:
 
 
 def fwd_options(info: CallInfo, scale: float, block_v: int, want_ht: bool, interpret: bool,
-                want_states: bool = False):
+                strict: bool = False):
   """The launch's options; double-buffered input tiles where they fit the SMEM (the same choice in
   interpret mode, so both forms are tested)."""
   opts = FwdOptions(B=info.B, H=info.H, T=round_up(info.T, C), K=round_up(info.K, 64),
                     V=round_up(info.V, block_v), BV=block_v, dtype=jnp.dtype(info.dtype).name,
                     scale=scale, has_h0=info.has_initial_state, has_seg=info.has_segment_ids,
-                    want_ht=want_ht, interpret=interpret, want_states=want_states)
+                    want_ht=want_ht, interpret=interpret, strict=strict)
   return opts if opts.smem_bytes() <= SMEM_LIMIT else dataclasses.replace(opts, buffers=1)
 
 
@@ -108,8 +108,9 @@ def gate_rows(info: CallInfo, g, g_gamma, segment_ids, scale: float, Tp: int):
   else:
     ge = jnp.zeros((B, H, T), F32)
   N = Tp // C
-  G = jnp.cumsum(pad_axis(ge, 2, Tp).reshape(B, H, N, C), axis=-1)  # padded rows (g = 0) do not decay
-  gam = G[..., -1:]
+  # padded rows (g = 0) do not decay; G = G_hi + G_lo to ~2× float32's digits (kernel.py)
+  G, G_lo = compensated_cumsum(pad_axis(ge, 2, Tp).reshape(B, H, N, C), axis=-1)
+  gam, gam_lo = G[..., -1:], G_lo[..., -1:]
   if segment_ids is not None:  # padding continues the last document
     d = pad_axis(doc_index(segment_ids), 1, Tp, mode="edge").reshape(B, 1, N, C)
     prev = jnp.concatenate([jnp.zeros_like(d[:, :, :1, -1:]), d[:, :, :-1, -1:]], axis=2)
@@ -117,17 +118,18 @@ def gate_rows(info: CallInfo, g, g_gamma, segment_ids, scale: float, Tp: int):
     cin, tail, carry = d == prev, d == last, last == prev
   else:
     cin = tail = carry = jnp.ones((1, 1, 1, 1), bool)
-  rows = [G, jnp.where(cin, jnp.exp(G) * scale, 0.0), jnp.where(tail, jnp.exp(gam - G), 0.0),
-          jnp.broadcast_to(jnp.where(carry, jnp.exp(gam), 0.0), G.shape)]
+  rows = [G, G_lo, jnp.where(cin, jnp.exp(G + G_lo) * scale, 0.0),
+          jnp.where(tail, jnp.exp((gam - G) + (gam_lo - G_lo)), 0.0),
+          jnp.broadcast_to(jnp.where(carry, jnp.exp(gam + gam_lo), 0.0), G.shape)]
   if segment_ids is not None:
     rows.append(jnp.broadcast_to(d.astype(F32), G.shape))
   return jnp.stack([r.reshape(B, H, Tp) for r in rows], axis=2)
 
 
-def prepare(cfg: Config, q, k, v, g, g_gamma, h0, segment_ids, want_states: bool = False):
+def prepare(cfg: Config, q, k, v, g, g_gamma, h0, segment_ids, strict: bool = False):
   """→ (FwdOptions, the kernel's operands (q, kᵀ, v, gate rows, h0))."""
   info = cfg.info
-  opts = fwd_options(info, cfg.scale, cfg.block_v, cfg.output_final_state, cfg.interpret, want_states)
+  opts = fwd_options(info, cfg.scale, cfg.block_v, cfg.output_final_state, cfg.interpret, strict)
   Tp, Kp, Vp = opts.T, opts.K, opts.V
   pad_k = lambda x: pad_axis(pad_axis(x, 1, Tp), 3, Kp)
   kt = jnp.transpose(pad_k(k), (0, 2, 3, 1))  # [B, H, Kp, Tp]
@@ -137,16 +139,13 @@ def prepare(cfg: Config, q, k, v, g, g_gamma, h0, segment_ids, want_states: bool
   return opts, (pad_k(q), kt, pad_axis(pad_axis(v, 1, Tp), 3, Vp), vec, h0)
 
 
-def _forward(cfg: Config, q, k, v, g, g_gamma, h0, seg, want_states: bool = False):
-  """(o, final state or None), and with `want_states` the state entering each chunk [B, H, N, K, V]."""
-  opts, operands = prepare(cfg, q, k, v, g, g_gamma, h0, seg, want_states)
-  o, ht, hs = chunk_fwd(*operands, opts)
+def _forward(cfg: Config, q, k, v, g, g_gamma, h0, seg, strict: bool = False):
+  """(o, final state or None); `strict`: the kernel's strict form (o without each token's own pair,
+  float32)."""
+  opts, operands = prepare(cfg, q, k, v, g, g_gamma, h0, seg, strict)
+  o, ht = chunk_fwd(*operands, opts)
   info = cfg.info
-  o = o[:, :info.T, :, :info.V]
-  ht = ht[:, :, :info.K, :info.V] if ht is not None else None
-  if want_states:
-    return o, ht, hs[:, :, :, :info.K, :info.V]
-  return o, ht
+  return o[:, :info.T, :, :info.V], (ht[:, :, :info.K, :info.V] if ht is not None else None)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -156,40 +155,37 @@ def _chunk_simple_gla_mosaic(cfg: Config, q, k, v, g, g_gamma, h0, seg):
 
 def _fwd_rule(cfg, q, k, v, g, g_gamma, h0, seg):
   o, ht = _forward(cfg, q, k, v, g, g_gamma, h0, seg)
-  return (o, ht), (q, k, v, g, g_gamma, h0, seg, ht)
+  return (o, ht), (q, k, v, g, g_gamma, h0, seg)
 
 
 PART = 256  # the widest K a pass of the kernel takes (its f32 state tile [K, BV] in registers)
 
 
-def _pass(cfg: Config, q, k, v, g, h0, seg, want_ht: bool, want_states: bool = False):
+def _pass(cfg: Config, q, k, v, g, h0, seg, want_ht: bool, strict: bool = False):
   """One run of the forward kernel on (q, k, v) with the per-token log decay g [B, T, H] (or None),
-  h0 and segment ids, at the op's scale: (o, final state or None[, states])."""
+  h0 and segment ids, at the op's scale: (o, final state or None)."""
   info = check_simple_gla_inputs(q, k, v, g, initial_state=h0, segment_ids=seg,
                                  output_final_state=want_ht)
   sub = Config(info=info, scale=cfg.scale, output_final_state=want_ht, chunk_size=C,
                block_v=default_block_v(info), interpret=cfg.interpret)
-  return _forward(sub, q, k, v, g, None, h0, seg, want_states)
+  return _forward(sub, q, k, v, g, None, h0, seg, strict)
 
 
-def _summed(cfg, q, k, v, g, h0, seg, width: int, want_states: bool = False):
+def _summed(cfg, q, k, v, g, h0, seg, width: int, strict: bool = False):
   """Σ over parts of ≤ PART columns of q and k (their shared K = `width`) of `_pass`'s o, in float32
-  (the contraction q·kᵀ and the state's rows split; h0 [B, H, width, ·] split with them), and with
-  `want_states` the states [B, H, N, width, ·] (the parts' rows concatenated)."""
-  total, states = None, []
+  (the contraction q·kᵀ and the state's rows split; h0 [B, H, width, ·] split with them)."""
+  total = None
   for lo in range(0, width, PART):
     cols = slice(lo, min(lo + PART, width))
-    out = _pass(cfg, q[..., cols], k[..., cols], v, g, None if h0 is None else h0[:, :, cols], seg, False,
-                want_states)
-    total = out[0].astype(F32) if total is None else total + out[0].astype(F32)
-    if want_states:
-      states.append(out[2])
-  return total, (jnp.concatenate(states, axis=3) if want_states else None)
+    o, _ = _pass(cfg, q[..., cols], k[..., cols], v, g, None if h0 is None else h0[:, :, cols], seg, False,
+                 strict)
+    total = o.astype(F32) if total is None else total + o.astype(F32)
+  return total
 
 
 def _bwd_rule(cfg, residuals, cotangents):
   """dq, dk, dv, dg, dh0 from three more runs of the forward kernel (module docstring)."""
-  q, k, v, g, g_gamma, h0, seg, _ = residuals
+  q, k, v, g, g_gamma, h0, seg = residuals
   do, dht = cotangents
   info, s = cfg.info, cfg.scale
   B, T, H = info.B, info.T, info.H
@@ -201,7 +197,7 @@ def _bwd_rule(cfg, residuals, cotangents):
     gt = jnp.broadcast_to(jnp.maximum(jax.lax.stop_gradient(g_gamma).astype(F32), G_FLOOR), (B, T, H))
   else:
     gt = None
-  want_states = info.gate == "scalar"  # dg's exact form reads h and dh per chunk
+  strict = info.gate == "scalar"  # dg: the dq and dk passes without each token's own pair
   # time reversal of the sequence padded to Tp (the padding first): the reversed chunks are the
   # original ones in reverse order, so the states of both directions meet at the same boundaries
   rev = lambda x, mode="constant": jnp.flip(pad_axis(x, 1, Tp, mode), 1)
@@ -215,45 +211,61 @@ def _bwd_rule(cfg, residuals, cotangents):
     dht = dht.astype(F32)
   h0_t = None if h0 is None else jnp.swapaxes(h0.astype(F32), 2, 3)  # [B, H, V, K]
 
-  dq, h_t = _summed(cfg, do, v, k, gt, h0_t, seg, info.V, want_states)  # h_t [B, H, N, V, K]: hᵀ
-  dv, hT, dh = _pass(cfg, rev(k), rev(q), rev(do), g_rev, None if dht is None else dht / s, seg_rev,
-                     want_ht=h0 is not None, want_states=True)
+  dq = _summed(cfg, do, v, k, gt, h0_t, seg, info.V, strict)
+  dv, hT = _pass(cfg, rev(k), rev(q), rev(do), g_rev, None if dht is None else dht / s, seg_rev,
+                 want_ht=h0 is not None)
   dv = unrev(dv)
-  dk, _ = _summed(cfg, rev(v), rev(do), rev(q), g_rev, None if dht is None else jnp.swapaxes(dht, 2, 3) / s,
-                  seg_rev, info.V)
-  dk = unrev(dk)
+  # strict: the final state's cotangent enters dk in XLA (`_gate_grad`), not as this pass's state
+  dht_in = None if dht is None or strict else jnp.swapaxes(dht, 2, 3) / s
+  dk = unrev(_summed(cfg, rev(v), rev(do), rev(q), g_rev, dht_in, seg_rev, info.V, strict))
   dh0 = None
   if h0 is not None:
     g0 = jnp.zeros((B, H), F32) if gt is None else gt[:, 0]
     dh0 = (hT * s * jnp.exp(g0)[:, :, None, None]).astype(h0.dtype)
   dg = None
-  if info.gate == "scalar":
-    h = jnp.swapaxes(h_t, 3, 4)  # the state entering each chunk [B, H, N, K, V]
-    # the reversed pass's state entering its chunk m is ∂L/∂S_t / s at t = the first token of original
-    # chunk n + 1 (n = N − 1 − m); ∂L/∂(the state leaving chunk n) from the later chunks is that times
-    # e^{g_t} — g⃖ at the first token of reversed chunk m — and 0 if a document starts at t
-    carry = jnp.exp(jnp.swapaxes(g_rev[:, ::C], 1, 2))  # [B, H, N]
-    if seg_rev is not None:
-      starts = jnp.concatenate([jnp.zeros_like(seg_rev[:, :1], bool),
-                                seg_rev[:, C::C] != seg_rev[:, C - 1:-1:C]], axis=1)  # [B, N]
-      carry = jnp.where(starts[:, None, :], 0.0, carry)
-    dh = jnp.flip(dh * carry[..., None, None], axis=2) * s
-    dg = _gate_grad(info, s, q, k, v, g, do, h, dh, seg)
+  if strict:
+    dg, dq, dk = _gate_grad(s, q, k, v, gt, do, h0, dht, seg, dq, dk)
+    dg = dg.astype(g.dtype)
   return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dg, None, dh0, None)
 
 
-def _gate_grad(info: CallInfo, scale: float, q, k, v, g, do, h, dh, seg):
-  """dg [B, T, H] of the scalar gate: the "xla" impl's exact stages 6–7 (each pair's own contribution,
-  `chunk.chunk_gate_grad`) on the kernels' per-chunk states h and dh; the stage-6 dq / dk / dv it also
-  forms are unused (XLA drops them)."""
-  opts = ChunkOptions(scale=scale, chunk_size=C, gate="scalar", compute_dtype=jnp.dtype(q.dtype).name)
-  masks = doc_masks(chunked_doc_index(seg, C))
-  gates = chunk_local_cumsum(to_chunks(g[..., None], C))
-  q_scaled = to_chunks(q, C).astype(F32) * scale
-  _, _, _, terms = chunk_grads(q_scaled, to_chunks(k, C), to_chunks(v, C), gates, h, dh, to_chunks(do, C),
-                               masks, opts)
-  dg = chunk_gate_grad(terms, gates, h, dh, masks)[..., None]  # [B, H, N, C, 1]
-  return from_chunks(dg, info.T)[..., 0].astype(g.dtype)
+def _gate_grad(s: float, q, k, v, gt, do, h0, dht, seg, dq, dk):
+  """dg [B, T, H] float32 of the scalar gate (floored: `gt`) from the strict passes' dq' and dk' (float32,
+  without each token's own pair, dk' without the final state's cotangent); → (dg, dq, dk), dq and dk
+  completed. Every term is a sum of pair contributions, none O(1) where the result is small:
+
+    dg_r = Σ_{t≥r} q_t·dq'_t − Σ_{s≥r} k_s·dk'_s        pairs (t, s), s < r ≤ t, h0's pairs included
+         + Σ_{s<r} k_s·e_s + [h0 reaches ht] e^{Σ g}⟨h0, dht⟩    the final state's pairs, formed here:
+    e_s = [s in the last document] e^{Σ_{s<r<T} g_r} dht v_s  (dk's part from dht; the last token's
+    own pair with the final state spans no r, and enters no sum).
+  """
+  qf, kf, vf = q.astype(F32), k.astype(F32), v.astype(F32)
+  revcumsum = lambda x: jnp.flip(jnp.cumsum(jnp.flip(x, 1), axis=1), 1)
+  pairs = jnp.sum(qf * dq, axis=-1) - jnp.sum(kf * dk, axis=-1)  # [B, T, H]
+  dg = revcumsum(pairs)
+  own = s * jnp.sum(do.astype(F32) * vf, axis=-1)[..., None]  # s·(do_t·v_t): each token's own pair
+  dq = dq + own * kf
+  dk = dk + own * qf
+  if dht is not None:
+    after = revcumsum(jnp.concatenate([gt[:, 1:], jnp.zeros_like(gt[:, :1])], axis=1))  # Σ_{s<r<T} g_r
+    weight = jnp.exp(after)
+    docs = None if seg is None else doc_index(seg)
+    if docs is not None:
+      weight = jnp.where((docs == docs[:, -1:])[..., None], weight, 0.0)
+    if v.dtype == F32:  # interpret mode's float32 inputs: an exact product
+      vd = jnp.einsum("bthv,bhkv->bthk", vf, dht, precision="highest")
+    else:  # 16-bit inputs: one tensor-core matmul, float32 accumulation (the passes' own precision)
+      vd = jnp.einsum("bthv,bhkv->bthk", v, dht.astype(v.dtype), preferred_element_type=F32)
+    e = weight[..., None] * vd
+    dk = dk + e
+    seen = jnp.cumsum(jnp.sum(kf * e, axis=-1), axis=1)
+    dg = dg + jnp.concatenate([jnp.zeros_like(seen[:, :1]), seen[:, :-1]], axis=1)  # Σ_{s<r}
+    if h0 is not None:
+      through = jnp.exp(jnp.sum(gt, axis=1))  # [B, H]: h0 reaches ht only if no document starts
+      if docs is not None:
+        through = jnp.where(docs[:, -1:] == 0, through, 0.0)
+      dg = dg + (through * jnp.sum(h0.astype(F32) * dht, axis=(2, 3)))[:, None, :]
+  return dg, dq, dk
 
 
 _chunk_simple_gla_mosaic.defvjp(_fwd_rule, _bwd_rule)
