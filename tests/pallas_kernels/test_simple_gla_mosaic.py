@@ -44,6 +44,7 @@ CASES = [
     Case(T=90, K=16, V=16, gate="constant", strength="strong", neg_inf=True, seg=True, B=1),
     Case(T=130, K=64, V=64, dtype="bfloat16"),
     Case(T=80, K=48, V=96, gate="constant", dtype="float16", B=1),
+    Case(T=70, K=300, V=48, B=1, H=1),  # K > 256: the forward and dv in two parts (256 + 44)
 ]
 
 
@@ -165,7 +166,8 @@ def test_errors():
 def test_check_call():
   assert check_call(_info()) is None
   assert check_call(_info(K=256, V=512)) is None  # fits the SMEM at BV = 64
-  assert "shared memory" in check_call(_info(K=512, V=64))
+  assert check_call(_info(K=512, V=512)) is None  # K > 256: launches of K ≤ 256 summed
+  assert "shared memory" in check_call(_info(K=256, V=256), block_v=128)
   assert check_call(_info(K=512, V=512), interpret=True) is None
   assert "bfloat16 or float16" in check_call(_info(dtype=jnp.float32))
 
@@ -271,6 +273,7 @@ def test_compiled_gradients_match_xla(shape, gate):
     ((8, 2048, 4, 256, 512), jnp.bfloat16, "scalar", True, False, None),
     ((2, 300, 2, 48, 96), jnp.bfloat16, "constant", True, True, None),
     ((2, 300, 2, 16, 16), jnp.float16, "none", False, False, None),
+    ((2, 300, 2, 512, 512), jnp.bfloat16, "scalar", True, True, None),  # K in two launches of 256
 ])
 def test_lowers_for_cuda(dims, dtype, gate, h0, seg, block_v):
   B, T, H, K, V = dims
@@ -290,7 +293,8 @@ def test_lowers_for_cuda(dims, dtype, gate, h0, seg, block_v):
   assert "mosaic_gpu" in text
 
 
-@pytest.mark.parametrize("dims,gate", [((2, 256, 2, 128, 128), "constant"), ((2, 300, 2, 64, 512), "scalar")])
+@pytest.mark.parametrize("dims,gate", [((2, 256, 2, 128, 128), "constant"), ((2, 300, 2, 64, 512), "scalar"),
+                                       ((2, 300, 2, 512, 64), "scalar")])
 def test_backward_lowers_for_cuda(dims, gate):
   B, T, H, K, V = dims
   q, v = jax.ShapeDtypeStruct((B, T, H, K), jnp.bfloat16), jax.ShapeDtypeStruct((B, T, H, V), jnp.bfloat16)
@@ -303,8 +307,11 @@ def test_backward_lowers_for_cuda(dims, gate):
     return o.astype(jnp.float32).sum() + ht.sum()
 
   lower = lambda fn: jax.jit(fn).trace(q, q, v, g, h).lower(lowering_platforms=("cuda",)).as_text()
+  parts = lambda n: -(-n // 256)  # launches of a pass whose own K (its q·kᵀ contraction) is n
   once = lower(loss).count("simple_gla_mosaic_fwd")
-  launches = (2 if V > 256 else 1) * 2 + 1  # dq and dk (V split in parts of 256), dv (the unused forward is
-  #                                           dropped: the loss is linear in o and ht)
+  assert once > 0 and once % parts(K) == 0
+  per_launch = once // parts(K)  # the kernel's name in the text of one launch
+  launches = 2 * parts(V) + parts(K)  # dq and dk (K = V), dv (K = K); the unused forward is dropped (the
+  #                                     loss is linear in o and ht)
   argnums = (0, 1, 2, 3, 4) if gate == "scalar" else (0, 1, 2, 4)  # dg: from the strict dq and dk passes
-  assert once > 0 and lower(jax.grad(loss, argnums=argnums)).count("simple_gla_mosaic_fwd") == launches * once
+  assert lower(jax.grad(loss, argnums=argnums)).count("simple_gla_mosaic_fwd") == launches * per_launch

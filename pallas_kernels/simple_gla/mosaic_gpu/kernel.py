@@ -65,6 +65,7 @@ class FwdOptions:
   want_ht: bool
   interpret: bool = False
   strict: bool = False  # scores of the pairs s < t only, o in float32 (module docstring)
+  f32_out: bool = False  # o in float32 (the launches of a K split into parts are summed in float32)
   buffers: int = 2  # 2: chunk n + 1's tiles load while chunk n computes; 1 where two do not fit SMEM
 
   @property
@@ -77,7 +78,7 @@ class FwdOptions:
 
   @property
   def o_dtype(self):
-    return jnp.dtype(jnp.float32) if self.strict else jnp.dtype(self.dtype)
+    return jnp.dtype(jnp.float32) if self.strict or self.f32_out else jnp.dtype(self.dtype)
 
   def smem_bytes(self) -> int:
     """Shared memory the kernel allocates (compiled: must stay under the H200's 227 KiB)."""
@@ -167,7 +168,7 @@ def chunk_fwd(q, kt, v, vec, h0, opts: FwdOptions):
   with `opts.strict`), with `opts.want_ht` the final state [B, H, Kp, Vp] f32 else None)."""
   B, T, H, K, V, BV = opts.B, opts.T, opts.H, opts.K, opts.V, opts.BV
   dt = jnp.dtype(opts.dtype)
-  o_dtype = F32 if opts.strict else v.dtype
+  o_dtype = opts.o_dtype
   out_type = [compat.pallas_out_struct((B, T, H, V), o_dtype, q)]
   if opts.want_ht:
     out_type.append(compat.pallas_out_struct((B, H, K, V), F32, q))

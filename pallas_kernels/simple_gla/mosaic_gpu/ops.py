@@ -13,8 +13,9 @@ with rev the flip of the time axis of the sequence padded to a multiple of 64 (t
 the reversed chunks are the original ones in reverse order; segment ids flipped with it),
 g⃖_τ = g_{T−τ} (g⃖_0 = 0: a pair (t, s) decays by e^{G_t − G_s} = Π_{s<r≤t} e^{g_r} in either
 direction) and s the scale (the kernel scales what it reads from its state, so the cotangent states
-enter divided by s). Contractions over V (the dq and dk passes read V as their K) are split in parts
-of ≤ 256 and summed. Each pass keeps its state in registers; nothing per chunk is written. Gradients:
+enter divided by s). A pass whose K (the contraction of q·kᵀ and the state's rows) is over 256 — the
+forward and dv at K > 256, dq and dk at V > 256 — runs in parts of ≤ 256 columns, summed (`_forward`).
+ Each pass keeps its state in registers; nothing per chunk is written. Gradients:
 q, k, v, g, initial_state (g_gamma is a constant of the op, as in every impl).
 
 dg of the scalar gate, from the dq and dk passes alone. With c_ts = s·e^{G_t − G_s}(q_t·k_s)(do_t·v_s)
@@ -41,7 +42,8 @@ chunk only if no document starts inside), and the document index.
 
 Inputs: any T; K, V in 1..512 (padded as above); "mosaic_gpu" takes bf16 / fp16 q, k, v (the wgmma
 operand dtype; S, the scores and the decayed keys are rounded to it for their matmuls, as the Triton
-kernel rounds them to bf16) and needs the kernel's SMEM to fit (K ≤ 256 at BV = 64);
+kernel rounds them to bf16), any K and V to 512 (a launch's K is ≤ 256: its f32 state tile [K, BV]
+in registers, its tiles in SMEM; wider K runs in parts);
 "mosaic_gpu_interpret" also takes float32 (exact float32 matmuls: the tests' tight checks).
 `chunk_size` is accepted for the op contract; the kernel uses 64.
 """
@@ -87,13 +89,13 @@ def default_block_v(info: CallInfo) -> int:
 
 
 def fwd_options(info: CallInfo, scale: float, block_v: int, want_ht: bool, interpret: bool,
-                strict: bool = False):
+                strict: bool = False, f32_out: bool = False):
   """The launch's options; double-buffered input tiles where they fit the SMEM (the same choice in
   interpret mode, so both forms are tested)."""
   opts = FwdOptions(B=info.B, H=info.H, T=round_up(info.T, C), K=round_up(info.K, 64),
                     V=round_up(info.V, block_v), BV=block_v, dtype=jnp.dtype(info.dtype).name,
                     scale=scale, has_h0=info.has_initial_state, has_seg=info.has_segment_ids,
-                    want_ht=want_ht, interpret=interpret, strict=strict)
+                    want_ht=want_ht, interpret=interpret, strict=strict, f32_out=f32_out)
   return opts if opts.smem_bytes() <= SMEM_LIMIT else dataclasses.replace(opts, buffers=1)
 
 
@@ -126,10 +128,10 @@ def gate_rows(info: CallInfo, g, g_gamma, segment_ids, scale: float, Tp: int):
   return jnp.stack([r.reshape(B, H, Tp) for r in rows], axis=2)
 
 
-def prepare(cfg: Config, q, k, v, g, g_gamma, h0, segment_ids, strict: bool = False):
-  """→ (FwdOptions, the kernel's operands (q, kᵀ, v, gate rows, h0))."""
+def prepare(cfg: Config, q, k, v, g, g_gamma, h0, segment_ids, strict: bool = False, f32_out: bool = False):
+  """→ (FwdOptions, the kernel's operands (q, kᵀ, v, gate rows, h0)) of one launch (K ≤ PART)."""
   info = cfg.info
-  opts = fwd_options(info, cfg.scale, cfg.block_v, cfg.output_final_state, cfg.interpret, strict)
+  opts = fwd_options(info, cfg.scale, cfg.block_v, cfg.output_final_state, cfg.interpret, strict, f32_out)
   Tp, Kp, Vp = opts.T, opts.K, opts.V
   pad_k = lambda x: pad_axis(pad_axis(x, 1, Tp), 3, Kp)
   kt = jnp.transpose(pad_k(k), (0, 2, 3, 1))  # [B, H, Kp, Tp]
@@ -139,13 +141,35 @@ def prepare(cfg: Config, q, k, v, g, g_gamma, h0, segment_ids, strict: bool = Fa
   return opts, (pad_k(q), kt, pad_axis(pad_axis(v, 1, Tp), 3, Vp), vec, h0)
 
 
-def _forward(cfg: Config, q, k, v, g, g_gamma, h0, seg, strict: bool = False):
-  """(o, final state or None); `strict`: the kernel's strict form (o without each token's own pair,
-  float32)."""
-  opts, operands = prepare(cfg, q, k, v, g, g_gamma, h0, seg, strict)
+PART = 256  # the widest K one launch takes (its f32 state tile [K, BV] in registers, its tiles in SMEM)
+
+
+def _launch(cfg: Config, q, k, v, g, g_gamma, h0, seg, strict: bool, f32_out: bool):
+  """One run of the kernel (cfg.info.K ≤ PART): (o, final state or None)."""
+  opts, operands = prepare(cfg, q, k, v, g, g_gamma, h0, seg, strict, f32_out)
   o, ht = chunk_fwd(*operands, opts)
   info = cfg.info
   return o[:, :info.T, :, :info.V], (ht[:, :, :info.K, :info.V] if ht is not None else None)
+
+
+def _forward(cfg: Config, q, k, v, g, g_gamma, h0, seg, strict: bool = False):
+  """(o, final state or None); `strict`: the kernel's strict form (o without each token's own pair,
+  float32). K > PART runs in parts of ≤ PART columns of q and k: the scalar gate decays every row of the
+  state alike, so each part is the op on its columns (its own rows of the state; h0's rows split with
+  them), o is the float32 sum of the parts' and the final state their rows stacked."""
+  info = cfg.info
+  if info.K <= PART:
+    return _launch(cfg, q, k, v, g, g_gamma, h0, seg, strict, f32_out=strict)
+  total, states = None, []
+  for lo in range(0, info.K, PART):
+    cols = slice(lo, min(lo + PART, info.K))
+    part = dataclasses.replace(cfg, info=dataclasses.replace(info, K=cols.stop - lo))
+    o, ht = _launch(part, q[..., cols], k[..., cols], v, g, g_gamma, None if h0 is None else h0[:, :, cols],
+                    seg, strict, f32_out=True)
+    total = o if total is None else total + o
+    states.append(ht)
+  ht = jnp.concatenate(states, axis=2) if cfg.output_final_state else None
+  return (total if strict else total.astype(v.dtype)), ht
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -158,9 +182,6 @@ def _fwd_rule(cfg, q, k, v, g, g_gamma, h0, seg):
   return (o, ht), (q, k, v, g, g_gamma, h0, seg)
 
 
-PART = 256  # the widest K a pass of the kernel takes (its f32 state tile [K, BV] in registers)
-
-
 def _pass(cfg: Config, q, k, v, g, h0, seg, want_ht: bool, strict: bool = False):
   """One run of the forward kernel on (q, k, v) with the per-token log decay g [B, T, H] (or None),
   h0 and segment ids, at the op's scale: (o, final state or None)."""
@@ -169,18 +190,6 @@ def _pass(cfg: Config, q, k, v, g, h0, seg, want_ht: bool, strict: bool = False)
   sub = Config(info=info, scale=cfg.scale, output_final_state=want_ht, chunk_size=C,
                block_v=default_block_v(info), interpret=cfg.interpret)
   return _forward(sub, q, k, v, g, None, h0, seg, strict)
-
-
-def _summed(cfg, q, k, v, g, h0, seg, width: int, strict: bool = False):
-  """Σ over parts of ≤ PART columns of q and k (their shared K = `width`) of `_pass`'s o, in float32
-  (the contraction q·kᵀ and the state's rows split; h0 [B, H, width, ·] split with them)."""
-  total = None
-  for lo in range(0, width, PART):
-    cols = slice(lo, min(lo + PART, width))
-    o, _ = _pass(cfg, q[..., cols], k[..., cols], v, g, None if h0 is None else h0[:, :, cols], seg, False,
-                 strict)
-    total = o.astype(F32) if total is None else total + o.astype(F32)
-  return total
 
 
 def _bwd_rule(cfg, residuals, cotangents):
@@ -211,13 +220,14 @@ def _bwd_rule(cfg, residuals, cotangents):
     dht = dht.astype(F32)
   h0_t = None if h0 is None else jnp.swapaxes(h0.astype(F32), 2, 3)  # [B, H, V, K]
 
-  dq = _summed(cfg, do, v, k, gt, h0_t, seg, info.V, strict)
+  dq, _ = _pass(cfg, do, v, k, gt, h0_t, seg, want_ht=False, strict=strict)
   dv, hT = _pass(cfg, rev(k), rev(q), rev(do), g_rev, None if dht is None else dht / s, seg_rev,
                  want_ht=h0 is not None)
   dv = unrev(dv)
   # strict: the final state's cotangent enters dk in XLA (`_gate_grad`), not as this pass's state
   dht_in = None if dht is None or strict else jnp.swapaxes(dht, 2, 3) / s
-  dk = unrev(_summed(cfg, rev(v), rev(do), rev(q), g_rev, dht_in, seg_rev, info.V, strict))
+  dk, _ = _pass(cfg, rev(v), rev(do), rev(q), g_rev, dht_in, seg_rev, want_ht=False, strict=strict)
+  dk = unrev(dk)
   dh0 = None
   if h0 is not None:
     g0 = jnp.zeros((B, H), F32) if gt is None else gt[:, 0]
@@ -277,7 +287,7 @@ def chunk_simple_gla_mosaic(q, k, v, g=None, *, g_gamma=None, scale=None, initia
   """Chunkwise simple GLA, forward in Mosaic GPU (`chunk_simple_gla`'s contract; module docstring).
 
   Args:
-    q, k: [B, T, H, K]; v: [B, T, H, V]; any T, K and V up to 512 (compiled: bf16 / fp16, K ≤ 256).
+    q, k: [B, T, H, K]; v: [B, T, H, V]; any T, K and V up to 512 (compiled: bf16 / fp16; K > 256 in parts).
     g: [B, T, H] log decay per token and head (≤ 0; −inf allowed), or None.
     g_gamma: [H] constant log decay per head, or None (at most one of g, g_gamma; neither: no decay).
     scale: defaults to K ** -0.5.
@@ -329,10 +339,11 @@ def check_call(info: CallInfo, interpret: bool = False, block_v: int | None = No
   if jnp.dtype(info.dtype) not in COMPILED_DTYPES:
     return (f"the compiled kernel takes bfloat16 or float16 q, k, v (wgmma operands), got "
             f"{info.dtype}; cast them, or use impl='xla'")
-  opts = fwd_options(info, 1.0, block_v or default_block_v(info), True, False)
+  part = dataclasses.replace(info, K=min(info.K, PART))  # K > PART runs in parts (`_forward`)
+  opts = fwd_options(part, 1.0, block_v or default_block_v(info), True, False, f32_out=info.K > PART)
   if opts.smem_bytes() > SMEM_LIMIT:
-    return (f"the kernel's tiles need {opts.smem_bytes()} bytes of shared memory at K={info.K}, "
-            f"V tile {opts.BV} (> {SMEM_LIMIT}); K ≤ 256 fits")
+    return (f"the kernel's tiles need {opts.smem_bytes()} bytes of shared memory at K={part.K} (a launch's "
+            f"K), V tile {opts.BV} (> {SMEM_LIMIT}); the default V tile (64 at K > 128) fits")
   return None
 
 
