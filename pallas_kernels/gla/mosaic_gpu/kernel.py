@@ -84,6 +84,11 @@ class FwdOptions:
   want_ht: bool
   interpret: bool = False
   buffers: int = 2  # 2: the next step's tiles load while this one computes; 1 where two do not fit
+  f32_out: bool = False  # o in float32 (the launches of a K split into parts are summed in float32)
+
+  @property
+  def o_dtype(self):
+    return jnp.dtype(jnp.float32) if self.f32_out else jnp.dtype(self.dtype)
 
   @property
   def N(self) -> int:
@@ -103,8 +108,8 @@ class FwdOptions:
     BV = self.BV
     step = it * (C * BK + BK * C) + 4 * ((PAD + C) * BK + BK * C)  # q, kᵀ, G, Gᵀ
     chunk = it * C * BV + 4 * self.R * C  # v, gate rows
-    work = it * (4 * C * BK + BK * BV + C * C + C * BV + (PAD + C) * BK) + 4 * BK * BV
-    return self.buffers * (step + chunk) + work
+    work = it * (4 * C * BK + BK * BV + C * C + (PAD + C) * BK) + 4 * BK * BV
+    return self.buffers * (step + chunk) + work + self.o_dtype.itemsize * C * BV  # + the o tile
 
 
 def _tiles(t: dict, opts: FwdOptions):
@@ -285,10 +290,10 @@ def chunk_fwd(q, kt, g, gt, k, v, vec, h0, opts: FwdOptions):
   """q, k [B, Tp, H, Kp], kt [B, H, Kp, Tp] (k transposed), v [B, Tp, H, Vp] (one 16-bit dtype;
   float32 in interpret mode), g [B, Tp, H, Kp] f32 (the chunk-local gate cumsum G) and gt its transpose
   [B, H, Kp, Tp], vec [B, H, R, Tp] f32 (`vec_rows`), h0 [B, H, Kp, Vp] f32 or None →
-  o [B, Tp, H, Vp] (v.dtype) and, with `opts.want_ht`, the final state [B, H, Kp, Vp] f32 (else None)."""
+  o [B, Tp, H, Vp] (v.dtype; float32 with `opts.f32_out`) and, with `opts.want_ht`, the final state [B, H, Kp, Vp] f32 (else None)."""
   B, T, H, K, V, BV = opts.B, opts.T, opts.H, opts.K, opts.V, opts.BV
   dt = jnp.dtype(opts.dtype)
-  out_type = [compat.pallas_out_struct((B, T, H, V), v.dtype, q)]
+  out_type = [compat.pallas_out_struct((B, T, H, V), opts.o_dtype, q)]
   if opts.want_ht:
     out_type.append(compat.pallas_out_struct((B, H, K, V), F32, q))
   nb = opts.buffers
@@ -297,7 +302,7 @@ def chunk_fwd(q, kt, g, gt, k, v, vec, h0, opts: FwdOptions):
       gt_s=mt.smem((nb, BK, C), F32), v_s=mt.smem((nb, C, BV), dt), vec_s=plgpu.SMEM((nb, opts.R, C), F32),
       qi_s=mt.smem((C, BK), dt), qa_s=mt.smem((C, BK), dt), kd_s=mt.smem((BK, C), dt),
       ka_s=mt.smem((BK, C), dt), s_s=mt.smem((BK, BV), dt), a_s=mt.smem((C, C), dt),
-      o_s=mt.smem((C, BV), v.dtype), st_s=mt.smem((BK, BV), F32), kr_s=plgpu.SMEM((PAD + C, BK), dt),
+      o_s=mt.smem((C, BV), opts.o_dtype), st_s=mt.smem((BK, BV), F32), kr_s=plgpu.SMEM((PAD + C, BK), dt),
       bar=plgpu.Barrier(num_arrivals=4, num_barriers=nb),
       vbar=plgpu.Barrier(num_arrivals=2, num_barriers=nb), st_bar=plgpu.Barrier(),
       k_bar=plgpu.Barrier())

@@ -19,8 +19,9 @@ Triton kernels do) and the document index, as the simple-GLA Mosaic kernel does.
 
 Inputs: any T; K, V in 1..512 (padded as above); "mosaic_gpu" takes bf16 / fp16 q, k, v (the wgmma
 operand dtype; S, the scores and the decayed q / k are rounded to it for their matmuls, as the Triton
-kernel rounds them to bf16) and K ≤ 256 (the float32 state [Kp, V tile] lives in registers);
-"mosaic_gpu_interpret" also takes float32 (exact float32 matmuls: the tests' tight checks) and K ≤ 512.
+kernel rounds them to bf16), any K and V to 512 (a launch's K is ≤ 256: its float32 state [Kp, V tile]
+lives in registers; wider K runs in launches summed, `_forward`); "mosaic_gpu_interpret" also takes
+float32 (exact float32 matmuls: the tests' tight checks).
 `chunk_size` is accepted for the op contract; the kernel uses 64.
 """
 
@@ -42,7 +43,7 @@ from pallas_kernels.gla.chunk import chunk_gla_xla
 from pallas_kernels.gla.mosaic_gpu.kernel import BK, C, F32, REF, FwdOptions, chunk_fwd
 
 MAX_DIM = 512
-MAX_K_COMPILED = 256  # the float32 state [Kp, BV] is in registers: 128 of them per thread at K = 256
+MAX_K_COMPILED = 256  # a launch's K: its float32 state [Kp, BV] is in registers, 128 per thread at K = 256
 DENSE_MAX_EXP = {"float16": 8.0}  # the dense form's largest |exponent|; 40 for the other dtypes
 PATHS = ("auto", "dense", "exact")  # the intra-chunk form per chunk: by span, or forced (tests)
 
@@ -60,13 +61,14 @@ class Config:
   path: str = "auto"
 
 
-def fwd_options(info: CallInfo, scale: float, block_v: int, want_ht: bool, interpret: bool):
+def fwd_options(info: CallInfo, scale: float, block_v: int, want_ht: bool, interpret: bool,
+                f32_out: bool = False):
   """The launch's options; double-buffered input tiles where they fit the SMEM (the same choice in
   interpret mode, so both forms are tested)."""
   opts = FwdOptions(B=info.B, H=info.H, T=round_up(info.T, C), K=round_up(info.K, BK),
                     V=round_up(info.V, block_v), BV=block_v, dtype=jnp.dtype(info.dtype).name,
                     scale=scale, has_h0=info.has_initial_state, has_seg=info.has_segment_ids,
-                    want_ht=want_ht, interpret=interpret)
+                    want_ht=want_ht, interpret=interpret, f32_out=f32_out)
   return opts if opts.smem_bytes() <= SMEM_LIMIT else dataclasses.replace(opts, buffers=1)
 
 
@@ -97,10 +99,10 @@ def gate_operands(info: CallInfo, g, segment_ids, Tp: int, Kp: int, path: str = 
   return G, jnp.transpose(G, (0, 2, 3, 1)), vec
 
 
-def prepare(cfg: Config, q, k, v, g, h0, segment_ids):
-  """→ (FwdOptions, the kernel's operands (q, kᵀ, G, Gᵀ, k, v, gate rows, h0))."""
+def prepare(cfg: Config, q, k, v, g, h0, segment_ids, f32_out: bool = False):
+  """→ (FwdOptions, the kernel's operands (q, kᵀ, G, Gᵀ, k, v, gate rows, h0)) of one launch."""
   info = cfg.info
-  opts = fwd_options(info, cfg.scale, cfg.block_v, cfg.output_final_state, cfg.interpret)
+  opts = fwd_options(info, cfg.scale, cfg.block_v, cfg.output_final_state, cfg.interpret, f32_out)
   Tp, Kp, Vp = opts.T, opts.K, opts.V
   pad_k = lambda x: pad_axis(pad_axis(x, 1, Tp), 3, Kp)
   kp = pad_k(k)
@@ -111,12 +113,33 @@ def prepare(cfg: Config, q, k, v, g, h0, segment_ids):
                 vec, h0)
 
 
-def _forward(cfg: Config, q, k, v, g, h0, seg):
-  opts, operands = prepare(cfg, q, k, v, g, h0, seg)
+def _launch(cfg: Config, q, k, v, g, h0, seg, f32_out: bool):
+  """One run of the kernel (cfg.info.K ≤ MAX_K_COMPILED): (o, final state or None)."""
+  opts, operands = prepare(cfg, q, k, v, g, h0, seg, f32_out)
   o, ht = chunk_fwd(*operands, opts)
   info = cfg.info
   o = o[:, :info.T, :, :info.V]
   return o, (ht[:, :, :info.K, :info.V] if ht is not None else None)
+
+
+def _forward(cfg: Config, q, k, v, g, h0, seg):
+  """(o, final state or None). K > MAX_K_COMPILED runs in launches of ≤ MAX_K_COMPILED columns of q, k
+  and g: each key column decays only its own row of the state, so each part is the op on its columns
+  (h0's rows split with them); o is the float32 sum of the parts' (the scores q·kᵀ summed over K), the
+  final state their rows stacked. Interpret mode splits the same way (the tests run the compiled path's
+  arithmetic)."""
+  info = cfg.info
+  if info.K <= MAX_K_COMPILED:
+    return _launch(cfg, q, k, v, g, h0, seg, f32_out=False)
+  total, states = None, []
+  for lo in range(0, info.K, MAX_K_COMPILED):
+    cols = slice(lo, min(lo + MAX_K_COMPILED, info.K))
+    part = dataclasses.replace(cfg, info=dataclasses.replace(info, K=cols.stop - lo))
+    o, ht = _launch(part, q[..., cols], k[..., cols], v, g[..., cols],
+                    None if h0 is None else h0[:, :, cols], seg, f32_out=True)
+    total = o if total is None else total + o
+    states.append(ht)
+  return total.astype(v.dtype), (jnp.concatenate(states, axis=2) if cfg.output_final_state else None)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -152,7 +175,7 @@ def chunk_gla_mosaic(q, k, v, g, *, scale=None, initial_state=None, output_final
   """Chunkwise GLA, forward in Mosaic GPU (`chunk_gla`'s contract; module docstring).
 
   Args:
-    q, k: [B, T, H, K]; v: [B, T, H, V]; any T, K and V up to 512 (compiled: bf16 / fp16, K ≤ 256).
+    q, k: [B, T, H, K]; v: [B, T, H, V]; any T, K and V up to 512 (compiled: bf16 / fp16; K > 256 in parts).
     g: [B, T, H, K] log forget gates (≤ 0; −inf allowed).
     scale: defaults to K ** -0.5.
     initial_state: [B, H, K, V] or None.
@@ -207,10 +230,8 @@ def check_call(info: CallInfo, interpret: bool = False, block_v: int | None = No
   if jnp.dtype(info.dtype) not in COMPILED_DTYPES:
     return (f"the compiled kernel takes bfloat16 or float16 q, k, v (wgmma operands), got "
             f"{info.dtype}; cast them, or use impl='xla'")
-  if info.K > MAX_K_COMPILED:
-    return (f"K (the key dim of q and k) must be at most {MAX_K_COMPILED} for the compiled kernel "
-            f"(its float32 state [K, V tile] lives in registers), got K={info.K}; use impl='triton'")
-  opts = fwd_options(info, 1.0, block_v or 64, True, False)
+  part = dataclasses.replace(info, K=min(info.K, MAX_K_COMPILED))  # wider K: launches summed (`_forward`)
+  opts = fwd_options(part, 1.0, block_v or 64, True, False, f32_out=info.K > MAX_K_COMPILED)
   if opts.smem_bytes() > SMEM_LIMIT:
     return (f"the kernel's tiles need {opts.smem_bytes()} bytes of shared memory at V tile {opts.BV} "
             f"(> {SMEM_LIMIT})")
