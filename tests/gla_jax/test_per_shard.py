@@ -255,6 +255,34 @@ def test_simple_gla_per_shard_equals_single_device(simple_gla, gate):
   assert_trees_close(got, want, 1e-5)
 
 
+@pytest.mark.parametrize("op_name", ["chunk_simple_gla", "chunk_gla"])
+def test_mosaic_gpu_kernels_run_in_the_per_shard_shard_map(op_name):
+  """The Mosaic GPU kernels (interpret mode) inside the per-shard wrapper's shard_map (an Explicit one-device
+  mesh, where the wrapper always maps): o, the final state and the gradients of q, k, v, g and h0 equal
+  the spec's, packed documents included (simple GLA's backward: the kernel's own passes; GLA's: the xla
+  vjp). Several CPU devices cannot run them: JAX 0.10's Mosaic GPU interpreter asserts ("Barrier remains
+  allocated") when shard_map runs it on more than one device, so the split itself is the generic tests'
+  above and the compiled kernels' on several GPUs."""
+  B, T, H, K, V = 1, 40, 2, 16, 16
+  q, k, v, kg, ks = _inputs(jax.random.key(4), B, T, H, K, V)
+  h0 = jax.random.normal(ks, (B, H, K, V))
+  seg = jnp.asarray([[0] * 9 + [1] * 31], jnp.int32)
+  if op_name == "chunk_simple_gla":
+    from pallas_kernels.simple_gla import chunk_simple_gla as op
+    layout, g = ps.SIMPLE_GLA_LAYOUT, jax.nn.log_sigmoid(jax.random.normal(kg, (B, T, H)) + 2) / 4
+  else:
+    layout, op = ps.GLA_LAYOUT, chunk_gla
+    g = jax.nn.log_sigmoid(jax.random.normal(kg, (B, T, H, K)) + 2) / 4
+  run = lambda impl, wrap: lambda q, k, v, g, h0: wrap(op)(
+      q, k, v, g, initial_state=h0, segment_ids=seg, output_final_state=True, impl=impl)
+  want = _vjp_on(None, run("naive", lambda f: f), (q, k, v, g, h0))
+  kernel = run("mosaic_gpu_interpret", lambda f: per_shard(f, layout))
+  with jax.set_mesh(_mesh((1, 1, 1), "Explicit")):
+    assert "shard_map" in _primitives(lambda *a: kernel(*a)[0], q, k, v, g, h0)
+  got = _vjp_on(_mesh((1, 1, 1), "Explicit"), kernel, (q, k, v, g, h0))
+  assert_trees_close(got, want, 2e-5)
+
+
 def test_g_gamma_splits_with_the_heads():
   """Each shard gets its own heads' g_gamma: an op that echoes g_gamma into o, [B, T, H, V]."""
   def chunk_simple_gla(q, k, v, g=None, *, g_gamma, **_):
