@@ -15,7 +15,7 @@
 # On the H200 (2026-12-02) 7 of the 17 gpu tests ran in 120 s, so all need an estimated ~5 min (each gradient case compiles the xla
 # reference and four kernel passes), and one op's bench ~40 s per shape (the first backward calls compile for
 # 4-20 s each), so a ≤ 10 min call holds "tests" or "bench", not both: STAGES="tests", then STAGES="bench train".
-# STAGES="tests bench train" (default) picks stages. Everything printed goes to $OUT/run.log.
+# STAGES="tests bench train" (default) picks stages; OPS="simple_gla:g simple_gla:gamma gla:g" (default) the bench's op:gate pairs. Everything printed goes to $OUT/run.log.
 set -u
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/gla_mosaic_out}
@@ -39,8 +39,9 @@ for stage in ${STAGES:-tests bench train}; do
         > "$OUT/tests.log" 2>&1
       echo "tests rc=$?" | tee -a "$LOG"; grep -E "PASSED|FAILED|ERROR|passed|failed" "$OUT/tests.log" | tail -40 | tee -a "$LOG" ;;
     bench)
-      for args in "--op simple_gla --gate g" "--op simple_gla --gate gamma" "--op gla --gate g"; do
-        timeout "${BENCH_BUDGET:-180}" python3 benchmarks/bench_mosaic.py $args --bwd --out "$OUT/mosaic.jsonl" \
+      for spec in ${OPS:-simple_gla:g simple_gla:gamma gla:g}; do
+        timeout "${BENCH_BUDGET:-180}" python3 benchmarks/bench_mosaic.py --op "${spec%%:*}" --gate "${spec#*:}" \
+          --bwd --out "$OUT/mosaic.jsonl" \
           2>&1 | grep -v -i warn | tee -a "$LOG" | tail -15
       done
       python3 benchmarks/mosaic_table.py "$OUT/mosaic.jsonl" --run "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) $(date -u +%F) $(cat COMMIT 2>/dev/null | cut -c1-7)" \
