@@ -14,7 +14,8 @@ the reversed chunks are the original ones in reverse order; segment ids flipped 
 g⃖_τ = g_{T−τ} (g⃖_0 = 0: a pair (t, s) decays by e^{G_t − G_s} = Π_{s<r≤t} e^{g_r} in either
 direction) and s the scale (the kernel scales what it reads from its state, so the cotangent states
 enter divided by s). A pass whose K (the contraction of q·kᵀ and the state's rows) is over 256 — the
-forward and dv at K > 256, dq and dk at V > 256 — runs in parts of ≤ 256 columns, summed (`_forward`).
+forward and dv at K > 256, dq and dk at V > 256 — runs in parts of ≤ 256 columns, summed (`_forward`);
+the strict dq and dk passes of the scalar gate (below) in parts of ≤ 128, with V tiles of 64.
  Each pass keeps its state in registers; nothing per chunk is written. Gradients:
 q, k, v, g, initial_state (g_gamma is a constant of the op, as in every impl).
 
@@ -26,8 +27,11 @@ both ends ≥ r cancel between the two sums. Each token's own pair c_tt is in bo
 (float32 error ~4e-6 in interpret mode). So for the scalar gate the dq and dk passes run `strict`
 (kernel.py: the scores keep only s < t; o in float32): dq' = dq − s(do_t·v_t)k_t and dk' = dk −
 s(do_t·v_t)q_t, and dg = revcumsum(Σ_K q ⊙ dq' − Σ_K k ⊙ dk') + ⟨ht, dht⟩, where what cancels is only
-pairs of the size of the result; dq and dk add the diagonal term back (XLA, elementwise). The cost: the
-two passes' outputs in float32 instead of 16 bits, and O(B·T·H·(K + V)) elementwise work.
+pairs of the size of the result; dq and dk add the diagonal term back (XLA, elementwise). The strict
+passes also compensate their 16-bit copies of the state and of the decayed keys (kernel.py): the pairs
+that cancel do so only up to the roundings each pass makes on its own state, which otherwise add up over
+T. The cost: the two passes' outputs in float32 instead of 16 bits, two more matmuls per chunk in each,
+and O(B·T·H·(K + V)) elementwise work.
 
 What `prepare` does outside the kernel (XLA, O(B·T·H·(K + V)) elementwise work): pads T to a multiple of
 64, K to a multiple of 64 and V to a multiple of the V tile (zeros: inert — k = v = 0 adds nothing, a
@@ -91,7 +95,9 @@ def default_block_v(info: CallInfo) -> int:
 def fwd_options(info: CallInfo, scale: float, block_v: int, want_ht: bool, interpret: bool,
                 strict: bool = False, f32_out: bool = False):
   """The launch's options; double-buffered input tiles where they fit the SMEM (the same choice in
-  interpret mode, so both forms are tested)."""
+  interpret mode, so both forms are tested). A strict launch (K ≤ STRICT_PART) takes V tiles of STRICT_BV."""
+  if strict:
+    block_v = STRICT_BV
   opts = FwdOptions(B=info.B, H=info.H, T=round_up(info.T, C), K=round_up(info.K, 64),
                     V=round_up(info.V, block_v), BV=block_v, dtype=jnp.dtype(info.dtype).name,
                     scale=scale, has_h0=info.has_initial_state, has_seg=info.has_segment_ids,
@@ -142,6 +148,7 @@ def prepare(cfg: Config, q, k, v, g, g_gamma, h0, segment_ids, strict: bool = Fa
 
 
 PART = 256  # the widest K one launch takes (its f32 state tile [K, BV] in registers, its tiles in SMEM)
+STRICT_PART, STRICT_BV = 128, 64  # a strict launch's widest K and its V tile: its lo tiles (kernel.py) in SMEM
 
 
 def _launch(cfg: Config, q, k, v, g, g_gamma, h0, seg, strict: bool, f32_out: bool):
@@ -156,13 +163,15 @@ def _forward(cfg: Config, q, k, v, g, g_gamma, h0, seg, strict: bool = False):
   """(o, final state or None); `strict`: the kernel's strict form (o without each token's own pair,
   float32). K > PART runs in parts of ≤ PART columns of q and k: the scalar gate decays every row of the
   state alike, so each part is the op on its columns (its own rows of the state; h0's rows split with
-  them), o is the float32 sum of the parts' and the final state their rows stacked."""
+  them), o is the float32 sum of the parts' and the final state their rows stacked. Strict launches
+  take ≤ STRICT_PART columns (their compensated tiles double S's and the decayed keys' SMEM)."""
   info = cfg.info
-  if info.K <= PART:
+  width = STRICT_PART if strict else PART
+  if info.K <= width:
     return _launch(cfg, q, k, v, g, g_gamma, h0, seg, strict, f32_out=strict)
   total, states = None, []
-  for lo in range(0, info.K, PART):
-    cols = slice(lo, min(lo + PART, info.K))
+  for lo in range(0, info.K, width):
+    cols = slice(lo, min(lo + width, info.K))
     part = dataclasses.replace(cfg, info=dataclasses.replace(info, K=cols.stop - lo))
     o, ht = _launch(part, q[..., cols], k[..., cols], v, g, g_gamma, None if h0 is None else h0[:, :, cols],
                     seg, strict, f32_out=True)
