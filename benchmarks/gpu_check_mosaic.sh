@@ -15,6 +15,8 @@
 # On the H200 (2026-12-02) 7 of the 17 gpu tests ran in 120 s, so all need an estimated ~5 min (each gradient case compiles the xla
 # reference and four kernel passes), and one op's bench ~40 s per shape (the first backward calls compile for
 # 4-20 s each), so a ≤ 10 min call holds "tests" or "bench", not both: STAGES="tests", then STAGES="bench train".
+# 4. onetest: pytest -x -rA of TEST_IDS (node ids) → $OUT/onetest.log. 5. profile: benchmarks/profile_train.py on
+#    the 340M step, batch 16 × 2048 → $OUT/profile.{json,md}. Neither is in the default STAGES.
 # STAGES="tests bench train" (default) picks stages; OPS="simple_gla:g simple_gla:gamma gla:g" (default) the bench's op:gate pairs. Everything printed goes to $OUT/run.log.
 set -u
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -38,6 +40,14 @@ for stage in ${STAGES:-tests bench train}; do
         tests/pallas_kernels/test_simple_gla_mosaic.py tests/pallas_kernels/test_gla_mosaic.py \
         > "$OUT/tests.log" 2>&1
       echo "tests rc=$?" | tee -a "$LOG"; grep -E "PASSED|FAILED|ERROR|passed|failed" "$OUT/tests.log" | tail -40 | tee -a "$LOG" ;;
+    onetest)  # TEST_IDS="file::test[id] ..." with the full failure output
+      timeout "${ONETEST_BUDGET:-120}" python3 -m pytest -p no:xdist -q -m gpu -rA -x ${TEST_IDS:?} \
+        > "$OUT/onetest.log" 2>&1
+      echo "onetest rc=$?" | tee -a "$LOG"; grep -E "^E |Error|PASSED|FAILED|passed|failed" "$OUT/onetest.log" | tail -40 | tee -a "$LOG" ;;
+    profile)  # where the scanned 340M step's time goes (benchmarks/profile_train.py)
+      timeout "${PROFILE_BUDGET:-200}" python3 benchmarks/profile_train.py --model gla_340m --batch 16 --seq 2048 \
+        --steps 5 --warmup 2 --top 40 --out "$OUT/profile.json" 2>&1 | grep -v -i warn > "$OUT/profile.md"
+      echo "profile rc=$?" | tee -a "$LOG"; head -75 "$OUT/profile.md" | tee -a "$LOG" ;;
     bench)
       for spec in ${OPS:-simple_gla:g simple_gla:gamma gla:g}; do
         timeout "${BENCH_BUDGET:-180}" python3 benchmarks/bench_mosaic.py --op "${spec%%:*}" --gate "${spec#*:}" \
