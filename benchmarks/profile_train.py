@@ -17,7 +17,8 @@ metadata) and put in one category:
   norm            ops whose source is a norm layer
   other           everything else, by source file
 
-It prints ms per step per category and per source file, the top ops, the device's busy time against the
+XLA's command buffers are turned off (module top), so the trace names each kernel's op; the step may run a
+little slower than with them (bench_train.py's number). It prints ms per step per category and per source file, the top ops, the device's busy time against the
 step's wall time (the difference: launch gaps and host work the device waits on), and writes them as JSON.
 """
 
@@ -35,7 +36,11 @@ import sys
 import tempfile
 import time
 
-import jax
+# XLA's GPU command buffers (CUDA graphs) would make one trace event of many kernels, named after the
+# buffer: off, so every kernel names its own HLO op (the step's wall time is printed beside the busy time)
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer="
+
+import jax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train import model_config, variant_config  # noqa: E402

@@ -50,6 +50,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import compat
 from pallas_kernels.common.mosaic_gpu import tiles as mt
+from pallas_kernels.common.mosaic_gpu.layout import BARRIER_BYTES
 from pallas_kernels.common.mosaic_gpu.tiles import COLS, F32, ROWS, WGMMA
 
 pl = compat.pl
@@ -109,7 +110,8 @@ class FwdOptions:
     step = it * (C * BK + BK * C) + 4 * ((PAD + C) * BK + BK * C)  # q, kᵀ, G, Gᵀ
     chunk = it * C * BV + 4 * self.R * C  # v, gate rows
     work = it * (4 * C * BK + BK * BV + C * C + (PAD + C) * BK) + 4 * BK * BV
-    return self.buffers * (step + chunk) + work + self.o_dtype.itemsize * C * BV  # + the o tile
+    barriers = BARRIER_BYTES * (2 * self.buffers + 2)  # bar, vbar (one each per buffer), st_bar, k_bar
+    return self.buffers * (step + chunk) + work + self.o_dtype.itemsize * C * BV + barriers  # + the o tile
 
 
 def _tiles(t: dict, opts: FwdOptions):

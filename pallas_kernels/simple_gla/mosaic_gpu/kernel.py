@@ -49,6 +49,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import compat
 from pallas_kernels.common.mosaic_gpu import tiles as mt
+from pallas_kernels.common.mosaic_gpu.layout import BARRIER_BYTES
 from pallas_kernels.common.mosaic_gpu.tiles import COLS, F32, ROWS, WGMMA
 
 pl = compat.pl
@@ -96,7 +97,8 @@ class FwdOptions:
     inputs = self.buffers * (C * K + K * C + C * BV)  # q, kᵀ, v
     tiles = (K * C + K * BV) * (2 if self.strict else 1) + C * C  # decayed kᵀ, S (hi and lo if strict), A
     o_tile = C * BV * self.o_dtype.itemsize
-    return it * (inputs + tiles) + o_tile + 4 * (self.buffers * self.R * C + K * BV)  # + gate rows, h0 / ht
+    barriers = BARRIER_BYTES * (self.buffers + 1)  # bar (one per buffer), st_bar
+    return it * (inputs + tiles) + o_tile + 4 * (self.buffers * self.R * C + K * BV) + barriers  # + gate rows, h0/ht
 
 
 def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, v_s, vec_s, s_s, a_s, kd_s, o_s, st_s, bar, st_bar,
