@@ -143,10 +143,11 @@ def category(info: dict | None, kernel: str) -> str:
     return "mixer (XLA glue)"
   op_name = (info or {}).get("op_name") or ""
   stack_files = " ".join(f for f, _, _ in (info or {}).get("stack", []))
+  if ("loss" in os.path.basename(file) or "optax/losses" in stack_files
+      or re.search(r"cross_entropy|log_softmax|logsumexp", op_name)):
+    return "loss"
   if "optax" in stack_files or "train/state.py" in file:
     return "optimizer"
-  if "loss" in os.path.basename(file) or re.search(r"cross_entropy|log_softmax|logsumexp", op_name):
-    return "loss"
   if "norm" in os.path.basename(file):
     return "norm"
   return "other"
@@ -244,13 +245,16 @@ def main(argv=None) -> int:
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--impl", default="auto", help="attn_impl")
   p.add_argument("--remat-policy", default=None, help="as bench_train.py's (default: the config's own)")
-  p.add_argument("--loss-chunk", type=int, default=0)
+  p.add_argument("--loss-chunk", type=int, default=1024,
+                 help="chunked cross-entropy tokens per chunk, 0: full logits (bench_train.py's default)")
   p.add_argument("--trace-dir", default=None, help="keep the trace here (default: a temporary folder)")
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--out", default=None)
   args = p.parse_args(argv)
   if args.steps < 1:
     p.error(f"--steps must be >= 1, got {args.steps}")
+  if args.loss_chunk < 0:
+    p.error(f"--loss-chunk must be >= 0, got {args.loss_chunk}")
   cfg = model_config(args, args.impl)
   if args.remat_policy:
     cfg = variant_config(cfg, args.remat_policy)
