@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from pallas_kernels.common.checks import CallInfo, check_gla_inputs, default_scale
 from pallas_kernels.common.chunking import pad_axis
 from pallas_kernels.common.dispatch import Implementation
+from pallas_kernels.common.mosaic_gpu.ksplit import in_k_parts
 from pallas_kernels.common.mosaic_gpu.layout import (
     COMPILED_DTYPES, G_FLOOR, SMEM_LIMIT, round_up)
 from pallas_kernels.common.segments import doc_index
@@ -129,17 +130,13 @@ def _forward(cfg: Config, q, k, v, g, h0, seg):
   final state their rows stacked. Interpret mode splits the same way (the tests run the compiled path's
   arithmetic)."""
   info = cfg.info
-  if info.K <= MAX_K_COMPILED:
-    return _launch(cfg, q, k, v, g, h0, seg, f32_out=False)
-  total, states = None, []
-  for lo in range(0, info.K, MAX_K_COMPILED):
-    cols = slice(lo, min(lo + MAX_K_COMPILED, info.K))
-    part = dataclasses.replace(cfg, info=dataclasses.replace(info, K=cols.stop - lo))
-    o, ht = _launch(part, q[..., cols], k[..., cols], v, g[..., cols],
-                    None if h0 is None else h0[:, :, cols], seg, f32_out=True)
-    total = o if total is None else total + o
-    states.append(ht)
-  return total.astype(v.dtype), (jnp.concatenate(states, axis=2) if cfg.output_final_state else None)
+
+  def launch(K, q, k, g, h0, f32_out):
+    part = cfg if K == info.K else dataclasses.replace(cfg, info=dataclasses.replace(info, K=K))
+    return _launch(part, q, k, v, g, h0, seg, f32_out=f32_out)
+
+  return in_k_parts(launch, info.K, MAX_K_COMPILED, q, k, h0, g, f32_out=False, out_dtype=v.dtype,
+                    want_ht=cfg.output_final_state)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

@@ -62,6 +62,7 @@ import jax.numpy as jnp
 
 from pallas_kernels.common.checks import CallInfo, check_simple_gla_inputs, default_scale
 from pallas_kernels.common.dispatch import Implementation
+from pallas_kernels.common.mosaic_gpu.ksplit import in_k_parts
 from pallas_kernels.common.mosaic_gpu.layout import (
     COMPILED_DTYPES, G_FLOOR, SMEM_LIMIT, is_sm90, round_up)
 from pallas_kernels.common.segments import doc_index
@@ -166,19 +167,13 @@ def _forward(cfg: Config, q, k, v, g, g_gamma, h0, seg, strict: bool = False):
   them), o is the float32 sum of the parts' and the final state their rows stacked. Strict launches
   take ≤ STRICT_PART columns (their compensated tiles double S's and the decayed keys' SMEM)."""
   info = cfg.info
-  width = STRICT_PART if strict else PART
-  if info.K <= width:
-    return _launch(cfg, q, k, v, g, g_gamma, h0, seg, strict, f32_out=strict)
-  total, states = None, []
-  for lo in range(0, info.K, width):
-    cols = slice(lo, min(lo + width, info.K))
-    part = dataclasses.replace(cfg, info=dataclasses.replace(info, K=cols.stop - lo))
-    o, ht = _launch(part, q[..., cols], k[..., cols], v, g, g_gamma, None if h0 is None else h0[:, :, cols],
-                    seg, strict, f32_out=True)
-    total = o if total is None else total + o
-    states.append(ht)
-  ht = jnp.concatenate(states, axis=2) if cfg.output_final_state else None
-  return (total if strict else total.astype(v.dtype)), ht
+
+  def launch(K, q, k, _, h0, f32_out):
+    part = cfg if K == info.K else dataclasses.replace(cfg, info=dataclasses.replace(info, K=K))
+    return _launch(part, q, k, v, g, g_gamma, h0, seg, strict, f32_out)
+
+  return in_k_parts(launch, info.K, STRICT_PART if strict else PART, q, k, h0, f32_out=strict,
+                    out_dtype=v.dtype, want_ht=cfg.output_final_state)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
