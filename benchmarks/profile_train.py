@@ -72,12 +72,10 @@ def _stack_tables(text: str):
       current = line.strip()
       continue
     m = re.match(r"^(\d+) (.*)$", line) if current else None
-    if not m:
-      current = None if current and not line.strip() else current
-      if current and not re.match(r"^\d+ ", line):
-        current = None
-      continue
-    tables[current][int(m[1])] = m[2]
+    if m:
+      tables[current][int(m[1])] = m[2]
+    else:  # a table ends at its first line that is not "<id> <entry>"
+      current = None
   field = lambda s, k: int((re.search(k + r"=(\d+)", s) or [0, 0])[1])
   files = {i: v.strip('"') for i, v in tables["FileNames"].items()}
   funcs = {i: v.strip('"') for i, v in tables["FunctionNames"].items()}
@@ -162,8 +160,8 @@ def _short(path: str) -> str:
   return os.path.basename(path)
 
 
-def kernel_events(xspace_path: str) -> list[tuple[str, str, float]]:
-  """(hlo_module, hlo_op, duration ns) of every event that names its HLO op: the GPU planes' where the
+def kernel_events(xspace_path: str) -> list[tuple[str, str, float, str]]:
+  """(hlo_module, hlo_op, duration ns, kernel name) of every event that names its HLO op: the GPU planes' where the
   trace has any, else the host's (CPU runs)."""
   pd = jax.profiler.ProfileData.from_file(xspace_path)
   planes = [p for p in pd.planes if p.name.startswith("/device:GPU")] or list(pd.planes)
