@@ -34,16 +34,18 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.common.checks import CallInfo, check_gla_inputs, default_scale
-from pallas_kernels.common.chunking import pad_axis
+from pallas_kernels.common.chunking import compensated_cumsum, pad_axis
 from pallas_kernels.common.dispatch import Implementation
 from pallas_kernels.common.mosaic_gpu.ksplit import in_k_parts
 from pallas_kernels.common.mosaic_gpu.layout import (
     COMPILED_DTYPES, G_FLOOR, SMEM_LIMIT, round_up)
 from pallas_kernels.common.segments import doc_index
 from pallas_kernels.gla.chunk import chunk_gla_xla
+from pallas_kernels.gla.mosaic_gpu.grad_kernel import BV as GRAD_BV, GradOptions, chunk_grad
 from pallas_kernels.gla.mosaic_gpu.kernel import BK, C, F32, REF, FwdOptions, chunk_fwd
 
 MAX_DIM = 512
+GRAD_PART = 256  # the widest contraction (V) of one gated-output launch: its state Sᵀ [V, 64] in registers
 MAX_K_COMPILED = 256  # a launch's K: its float32 state [Kp, BV] is in registers, 128 per thread at K = 256
 DENSE_MAX_EXP = {"float16": 8.0}  # the dense form's largest |exponent|; 40 for the other dtypes
 PATHS = ("auto", "dense", "exact")  # the intra-chunk form per chunk: by span, or forced (tests)
@@ -79,10 +81,31 @@ def dense_max_exp(dtype) -> float:
 
 def gate_operands(info: CallInfo, g, segment_ids, Tp: int, Kp: int, path: str = "auto"):
   """G [B, Tp, H, Kp], Gᵀ [B, H, Kp, Tp] and the [B, H, R, Tp] rows of `kernel.vec_rows`."""
+  G = jnp.cumsum(_chunked_gate(info, g, Tp, Kp), axis=2)
+  vec = _gate_rows(info, G, segment_ids, Tp, path)
+  G = G.reshape(info.B, Tp, info.H, Kp)
+  return G, jnp.transpose(G, (0, 2, 3, 1)), vec
+
+
+def grad_gate_operands(info: CallInfo, g, segment_ids, Tp: int, Kp: int, path: str = "auto"):
+  """The gated-output pass's G and G_lo [B, Tp, H, Kp] (G + G_lo: the compensated chunk-local cumsum,
+  exponent differences exact to float32 at any |G|) and its rows (`gate_operands`)."""
+  G, G_lo = compensated_cumsum(_chunked_gate(info, g, Tp, Kp), axis=2)
+  vec = _gate_rows(info, G, segment_ids, Tp, path)
+  shape = (info.B, Tp, info.H, Kp)
+  return G.reshape(shape), G_lo.reshape(shape), vec
+
+
+def _chunked_gate(info: CallInfo, g, Tp: int, Kp: int):
+  """g floored, padded (g = 0 decays nothing) and split into chunks: [B, N, C, H, Kp] float32."""
+  ge = pad_axis(pad_axis(jnp.maximum(g.astype(F32), G_FLOOR), 1, Tp), 3, Kp)
+  return ge.reshape(info.B, Tp // C, C, info.H, Kp)
+
+
+def _gate_rows(info: CallInfo, G, segment_ids, Tp: int, path: str):
+  """The [B, H, R, Tp] rows of `kernel.vec_rows` from the chunked cumsum G [B, N, C, H, Kp]."""
   B, H = info.B, info.H
   N = Tp // C
-  ge = pad_axis(pad_axis(jnp.maximum(g.astype(F32), G_FLOOR), 1, Tp), 3, Kp)  # padding: g = 0 decays nothing
-  G = jnp.cumsum(ge.reshape(B, N, C, H, Kp), axis=2)
   if path == "auto":  # the dense form's factors e^{G_t − G_REF} and e^{G_REF − G_s} for every t, s
     span = jnp.max(jnp.maximum(G[:, :, 0] - G[:, :, REF], G[:, :, REF] - G[:, :, -1]), axis=-1)
     dense = (span <= dense_max_exp(info.dtype)).astype(F32)  # [B, N, H]
@@ -94,10 +117,8 @@ def gate_operands(info: CallInfo, g, segment_ids, Tp: int, Kp: int, path: str = 
     prev = jnp.concatenate([jnp.zeros_like(d[:, :, :1, -1:]), d[:, :, :-1, -1:]], axis=2)
     last = d[..., -1:]
     rows += [d == prev, d == last, jnp.broadcast_to(last == prev, d.shape), d]
-  vec = jnp.stack([jnp.broadcast_to(r.astype(F32), (B, H, N, C)).reshape(B, H, Tp) for r in rows],
-                  axis=2)
-  G = G.reshape(B, Tp, H, Kp)
-  return G, jnp.transpose(G, (0, 2, 3, 1)), vec
+  return jnp.stack([jnp.broadcast_to(r.astype(F32), (B, H, N, C)).reshape(B, H, Tp) for r in rows],
+                   axis=2)
 
 
 def prepare(cfg: Config, q, k, v, g, h0, segment_ids, f32_out: bool = False):
@@ -148,19 +169,111 @@ def _fwd_rule(cfg, q, k, v, g, h0, seg):
   return _forward(cfg, q, k, v, g, h0, seg), (q, k, v, g, h0, seg)
 
 
+def _grad_pass(cfg: Config, x, y, z, g, h0t, seg):
+  """The gated-output pass (grad_kernel.py) at the op's scale: out [B, T, H, K] float32 with
+  out_t = s Σ_{s<t} (x_t·y_s) z_s ⊙ e^{G_t − G_s} + s e^{G_t} ⊙ (h0tᵀ x_t); x, y [B, T, H, V], z and the
+  log gate g [B, T, H, K], h0t [B, H, V, K] or None. V > GRAD_PART runs in parts of ≤ GRAD_PART
+  columns of x and y (rows of h0t), summed: the pass is linear in the contraction."""
+  info = cfg.info
+
+  def launch(V, x, y, _, h0t, f32_out):
+    return _grad_launch(cfg, x, y, z, g, h0t, seg, V), None
+
+  out, _ = in_k_parts(launch, x.shape[-1], GRAD_PART, x, y, h0t, f32_out=True, out_dtype=F32,
+                      want_ht=False)
+  return out[:, :info.T, :, :z.shape[-1]]
+
+
+def _grad_launch(cfg: Config, x, y, z, g, h0t, seg, V: int):
+  info = cfg.info
+  Tp, Kp, Vp = round_up(info.T, C), round_up(z.shape[-1], BK), round_up(V, GRAD_BV)
+  opts = GradOptions(B=info.B, H=info.H, T=Tp, V=Vp, K=Kp, dtype=jnp.dtype(x.dtype).name,
+                     scale=cfg.scale, has_h0=h0t is not None, has_seg=seg is not None,
+                     interpret=cfg.interpret)
+  if opts.smem_bytes() > SMEM_LIMIT:
+    opts = dataclasses.replace(opts, buffers=1)
+  G, G_lo, vec = grad_gate_operands(info, g, seg, Tp, Kp, cfg.path)
+  pad = lambda a, width: pad_axis(pad_axis(a, 1, Tp), 3, width)
+  yt = jnp.transpose(pad(y, Vp), (0, 2, 3, 1))  # [B, H, Vp, Tp]
+  if h0t is not None:
+    h0t = pad_axis(pad_axis(h0t.astype(F32), 2, Vp), 3, Kp)
+  return chunk_grad(pad(x, Vp), yt, pad(z, Kp), G, G_lo, vec, h0t, opts)
+
+
 def _bwd_rule(cfg, residuals, cotangents):
-  """The vjp of the "xla" impl at the same inputs (its forward recomputed): not yet a Mosaic kernel."""
+  """dq, dk, dv, dg, dh0 from three Mosaic passes (module docstring): dv and dh0 from the forward kernel
+  on time-reversed operands, dq and dk from the gated-output kernel (strict), dg from those two."""
   q, k, v, g, h0, seg = residuals
-
-  def xla(q, k, v, g, h0):
-    return chunk_gla_xla(cfg.info, q, k, v, g, scale=cfg.scale, initial_state=h0,
-                         output_final_state=cfg.output_final_state, segment_ids=seg,
-                         chunk_size=cfg.chunk_size)
-
-  _, vjp = jax.vjp(xla, q, k, v, g, h0)
   do, dht = cotangents
-  dq, dk, dv, dg, dh0 = vjp((do.astype(v.dtype), dht))
-  return dq, dk, dv, dg, dh0, None
+  info, s = cfg.info, cfg.scale
+  T, Tp = info.T, round_up(info.T, C)
+  do = do.astype(v.dtype)
+  gt = jnp.maximum(g.astype(F32), G_FLOOR)  # [B, T, H, K], as the forward floors it
+  # time reversal of the sequence padded to Tp (the padding first): the reversed chunks are the
+  # original ones in reverse order
+  rev = lambda x, mode="constant": jnp.flip(pad_axis(x, 1, Tp, mode), 1)
+  unrev = lambda x: jnp.flip(x, 1)[:, :T]
+  shifted = jnp.concatenate([jnp.zeros_like(gt[:, :1]), jnp.flip(gt, 1)[:, :T - 1]], axis=1)
+  g_rev = jnp.pad(shifted, ((0, 0), (Tp - T, 0), (0, 0), (0, 0)))  # g⃖_τ = g_{T−τ}, 0 on the padding
+  seg_rev = None if seg is None else rev(seg, "edge")
+  if dht is not None:
+    dht = dht.astype(F32)
+
+  # dv (and dh0): the forward on (q = rev k, k = rev q, v = rev do, g⃖) from the state dht / s
+  rinfo = check_gla_inputs(rev(k), rev(q), rev(do), g_rev, initial_state=dht, segment_ids=seg_rev,
+                           output_final_state=h0 is not None)
+  rcfg = dataclasses.replace(cfg, info=rinfo, output_final_state=h0 is not None, block_v=64)
+  dv, hT = _forward(rcfg, rev(k), rev(q), rev(do), g_rev, None if dht is None else dht / s, seg_rev)
+  dv = unrev(dv)
+  # dq' and dk' without each token's own pair; dk' without the final state's cotangent (below)
+  h0t = None if h0 is None else jnp.swapaxes(h0.astype(F32), 2, 3)  # [B, H, V, K]
+  dq = _grad_pass(cfg, do, v, k, gt, h0t, seg)
+  dk = unrev(_grad_pass(dataclasses.replace(cfg, info=rinfo), rev(v), rev(do), rev(q), g_rev, None,
+                        seg_rev))
+  dh0 = None
+  if h0 is not None:
+    dh0 = (hT * s * jnp.exp(gt[:, 0])[..., None]).astype(h0.dtype)
+  dg, dq, dk = _gate_grad(s, q, k, v, gt, do, h0, dht, seg, dq, dk)
+  dg = jnp.where(g < G_FLOOR, 0.0, dg).astype(g.dtype)  # the floor's gradient (−inf included)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dg, dh0, None
+
+
+def _gate_grad(s: float, q, k, v, gt, do, h0, dht, seg, dq, dk):
+  """dg [B, T, H, K] float32 of the (floored: `gt`) gate from the strict passes' dq' and dk' (float32,
+  without each token's own pair, dk' without the final state's cotangent); → (dg, dq, dk), dq and dk
+  completed. Per key dim d, every term a sum of pair contributions (none O(1) where the result is
+  small):
+
+    dg_r = Σ_{t≥r} q_t ⊙ dq'_t − Σ_{s≥r} k_s ⊙ dk'_s        pairs (t, s), s < r ≤ t, h0's pairs included
+         + Σ_{s<r} k_s ⊙ e_s + [h0 reaches ht] e^{Σ g} ⊙ Σ_v h0 ⊙ dht    the final state's pairs:
+    e_s = [s in the last document] e^{Σ_{s<r<T} g_r} ⊙ (dht v_s)  (dk's part from dht).
+  """
+  qf, kf, vf = q.astype(F32), k.astype(F32), v.astype(F32)
+  revcumsum = lambda x: jnp.flip(jnp.cumsum(jnp.flip(x, 1), axis=1), 1)
+  dg = revcumsum(qf * dq - kf * dk)
+  own = s * jnp.sum(do.astype(F32) * vf, axis=-1)[..., None]  # s·(do_t·v_t): each token's own pair
+  dq = dq + own * kf
+  dk = dk + own * qf
+  if dht is not None:
+    after = revcumsum(jnp.concatenate([gt[:, 1:], jnp.zeros_like(gt[:, :1])], axis=1))  # Σ_{s<r<T} g_r
+    weight = jnp.exp(after)
+    docs = None if seg is None else doc_index(seg)
+    if docs is not None:
+      weight = jnp.where((docs == docs[:, -1:])[..., None, None], weight, 0.0)
+    if v.dtype == F32:  # interpret mode's float32 inputs: an exact product
+      vd = jnp.einsum("bthv,bhkv->bthk", vf, dht, precision="highest")
+    else:  # 16-bit inputs: one tensor-core matmul, float32 accumulation (the passes' own precision)
+      vd = jnp.einsum("bthv,bhkv->bthk", v, dht.astype(v.dtype), preferred_element_type=F32)
+    e = weight * vd
+    dk = dk + e
+    seen = jnp.cumsum(kf * e, axis=1)
+    dg = dg + jnp.concatenate([jnp.zeros_like(seen[:, :1]), seen[:, :-1]], axis=1)  # Σ_{s<r}
+    if h0 is not None:
+      through = jnp.exp(jnp.sum(gt, axis=1))  # [B, H, K]: h0 reaches ht only if no document starts
+      if docs is not None:
+        through = jnp.where((docs[:, -1:] == 0)[..., None], through, 0.0)
+      dg = dg + (through * jnp.sum(h0.astype(F32) * dht, axis=3))[:, None]
+  return dg, dq, dk
 
 
 _chunk_gla_mosaic.defvjp(_fwd_rule, _bwd_rule)
