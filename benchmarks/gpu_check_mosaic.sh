@@ -16,7 +16,8 @@
 # reference and four kernel passes), and one op's bench ~40 s per shape (the first backward calls compile for
 # 4-20 s each), so a ≤ 10 min call holds "tests" or "bench", not both: STAGES="tests", then STAGES="bench train".
 # 4. onetest: pytest -x -rA of TEST_IDS (node ids) → $OUT/onetest.log. 5. profile: benchmarks/profile_train.py on
-#    the 340M step, batch 16 × 2048 → $OUT/profile.{json,md}. Neither is in the default STAGES.
+#    the 340M step, batch 16 × 2048 → $OUT/profile.{json,md}. 6. passes: benchmarks/bench_gla_mosaic_passes.py
+#    (each chunk_gla Mosaic pass alone, PASS_SHAPES) → $OUT/passes.jsonl. None is in the default STAGES.
 # STAGES="tests bench train" (default) picks stages; OPS="simple_gla:g simple_gla:gamma gla:g" (default) the bench's op:gate pairs. Everything printed goes to $OUT/run.log.
 set -u
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -44,6 +45,9 @@ for stage in ${STAGES:-tests bench train}; do
       timeout "${ONETEST_BUDGET:-120}" python3 -m pytest -p no:xdist -q -m gpu -rA -x ${TEST_IDS:?} \
         > "$OUT/onetest.log" 2>&1
       echo "onetest rc=$?" | tee -a "$LOG"; grep -E "^E |Error|PASSED|FAILED|passed|failed" "$OUT/onetest.log" | tail -40 | tee -a "$LOG" ;;
+    passes)  # each Mosaic pass of chunk_gla alone (benchmarks/bench_gla_mosaic_passes.py)
+      timeout "${PASSES_BUDGET:-150}" python3 benchmarks/bench_gla_mosaic_passes.py --shapes "${PASS_SHAPES:-s1,s4}" \
+        --out "$OUT/passes.jsonl" 2>&1 | grep -v -i warn | tee -a "$LOG" | tail -30 ;;
     profile)  # where the scanned 340M step's time goes (benchmarks/profile_train.py)
       timeout "${PROFILE_BUDGET:-200}" python3 benchmarks/profile_train.py --model gla_340m --batch 16 --seq 2048 \
         --steps 5 --warmup 2 --top 40 --out "$OUT/profile.json" 2>&1 | grep -v -i warn > "$OUT/profile.md"
