@@ -1,11 +1,33 @@
-"""chunk_gla with its forward in Mosaic GPU (Hopper: TMA + wgmma, `kernel.py`); impls "mosaic_gpu"
+"""chunk_gla in Mosaic GPU (Hopper: TMA + wgmma; forward `kernel.py`, backward also `grad_kernel.py`); impls "mosaic_gpu"
 (compiled, sm90 GPUs) and "mosaic_gpu_interpret" (Mosaic GPU interpret mode, any platform). Neither is
 in an `auto` order: they are explicit-only until qualified on the GPU.
 
-The backward is NOT a Mosaic kernel yet: the custom_vjp's backward is the vjp of the "xla" impl
-(`pallas_kernels.gla.chunk.chunk_gla_xla`) at the same inputs — it recomputes that forward, so training
-through "mosaic_gpu" costs one Mosaic forward plus XLA's forward and backward. Gradients: q, k, v, g,
-initial_state.
+The backward (`_bwd_rule`) is three Mosaic passes, none of which writes anything per chunk (each keeps
+its state in registers):
+
+  dv, dh0 = rev(fwd(q = rev k, k = rev q, v = rev do, g⃖)) from the state dht / s   the forward kernel
+  dq'     = grad(x = do, y = v, z = k, g) from the state h0ᵀ                       grad_kernel.py
+  dk'     = rev(grad(x = rev v, y = rev do, z = rev q, g⃖))
+
+with rev the flip of the time axis of the sequence padded to a multiple of 64 (the padding first, so
+the reversed chunks are the original ones in reverse order), g⃖_τ = g_{T−τ} (g⃖_0 = 0: a pair decays
+by e^{G_t − G_s} = Π_{s<r≤t} e^{g_r} in either direction), s the scale, and dh0 = s·e^{g_0} ⊙ the dv
+pass's final state. The gated-output pass ("grad") computes out_t = s Σ_{s<t} (x_t·y_s) z_s ⊙
+e^{G_t − G_s}: the gate acts on its output's columns, so it is not the forward on rearranged operands
+(as simple GLA's backward is) but a kernel of its own. It is strict (each token's own pair left out,
+added back exactly in XLA: s(do_t·v_t) k_t and … q_t) and compensated (its state, its decayed keys and
+its chunk cumsum G as hi + lo), so that dg per key dim,
+
+  dg = revcumsum(q ⊙ dq' − k ⊙ dk') + Σ_{s<r} k_s ⊙ e_s + [h0 reaches ht] e^{Σ g} ⊙ Σ_v h0 ⊙ dht,
+
+e_s the final state's cotangent's share of dk (formed in XLA, `_gate_grad`), has no O(1) terms that
+cancel and no roundings that add up over T. dg is 0 where g < −60 (the floor). Bytes (8,2048,4,256,512,
+bf16; B·T·H·(K+V) = 50M elements): each pass streams its three 16-bit operands once per output tile
+(dv: V/128 = 4 tiles of the forward; dq, dk: K/64 = 4 tiles of grad), so ~4 × 3 × 2 B × 25-50M ≈ 0.6–1.2
+GB per pass, plus the float32 dq', dk' and G, G_lo (~0.4 GB) and XLA's reversals; nothing O(T·K·V) is
+stored (the Triton backward writes the per-chunk states, 1.1 GB at this shape, and reads them twice).
+What holds the passes back is latency, not bytes (measured: benchmarks/RESULTS.md): one warpgroup per
+program, every wgmma waited for, and 140–210 KB of SMEM, so one program per SM.
 
 What `prepare` does outside the kernel (XLA, O(B·T·H·(K + V)) elementwise work): pads T to a multiple of
 64, K to a multiple of 64 and V to a multiple of the V tile (zeros: inert — k = v = 0 adds nothing, a
@@ -62,6 +84,14 @@ class Config:
   block_v: int
   interpret: bool
   path: str = "auto"
+
+
+def default_block_v(info: CallInfo) -> int:
+  """V tile of the forward kernel: 128 where the padded V is a multiple of 128, else 64. Measured on the
+  H200 (2026-12-03, benchmarks/bench_gla_mosaic_passes.py): 128 is faster at 8,2048,16,128,128 (1.337 →
+  1.105 ms) and 8,2048,4,256,512 (2.990 → 2.836 ms): the K-side work (gates, scores) is done once per V
+  tile, and halving the tiles outweighs the single-buffered inputs."""
+  return 128 if round_up(info.V, 64) % 128 == 0 else 64
 
 
 def fwd_options(info: CallInfo, scale: float, block_v: int, want_ht: bool, interpret: bool,
@@ -222,7 +252,8 @@ def _bwd_rule(cfg, residuals, cotangents):
   # dv (and dh0): the forward on (q = rev k, k = rev q, v = rev do, g⃖) from the state dht / s
   rinfo = check_gla_inputs(rev(k), rev(q), rev(do), g_rev, initial_state=dht, segment_ids=seg_rev,
                            output_final_state=h0 is not None)
-  rcfg = dataclasses.replace(cfg, info=rinfo, output_final_state=h0 is not None, block_v=64)
+  rcfg = dataclasses.replace(cfg, info=rinfo, output_final_state=h0 is not None,
+                             block_v=default_block_v(rinfo))
   dv, hT = _forward(rcfg, rev(k), rev(q), rev(do), g_rev, None if dht is None else dht / s, seg_rev)
   dv = unrev(dv)
   # dq' and dk' without each token's own pair; dk' without the final state's cotangent (below)
@@ -282,7 +313,7 @@ _chunk_gla_mosaic.defvjp(_fwd_rule, _bwd_rule)
 def chunk_gla_mosaic(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
                      segment_ids=None, chunk_size=64, interpret: bool = False,
                      block_v: int | None = None, path: str = "auto"):
-  """Chunkwise GLA, forward in Mosaic GPU (`chunk_gla`'s contract; module docstring).
+  """Chunkwise GLA in Mosaic GPU (`chunk_gla`'s contract; module docstring).
 
   Args:
     q, k: [B, T, H, K]; v: [B, T, H, V]; any T, K and V up to 512 (compiled: bf16 / fp16; K > 256 in parts).
@@ -293,13 +324,13 @@ def chunk_gla_mosaic(q, k, v, g, *, scale=None, initial_state=None, output_final
     segment_ids: [B, T] int; the state restarts at every change of id.
     chunk_size: accepted for the op contract (a multiple of 16); the kernel uses 64.
     interpret: run the kernel in Mosaic GPU interpret mode (CPU; float32 inputs allowed).
-    block_v: V tile, 64 or 128 (default 64; 128 single-buffers the input tiles).
+    block_v: V tile, 64 or 128 (default `default_block_v`; 128 single-buffers the input tiles).
     path: the intra-chunk form, "auto" (per chunk, by its decay span), or "dense" / "exact" for every
       chunk (tests; "dense" is exact only where the spans are small).
 
   Returns:
     (o [B, T, H, V] in v.dtype, final_state [B, H, K, V] float32 or None); differentiable w.r.t. q, k,
-    v, g and initial_state (the backward is the "xla" impl's vjp).
+    v, g and initial_state (the backward: three Mosaic passes, module docstring).
 
   Example:
     >>> B, T, H, K, V = 1, 100, 2, 48, 96
@@ -323,7 +354,8 @@ def chunk_gla_mosaic(q, k, v, g, *, scale=None, initial_state=None, output_final
 def _run(info: CallInfo, q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
          segment_ids=None, chunk_size=64, interpret=False, block_v=None, path="auto"):
   cfg = Config(info=info, scale=default_scale(scale, info.K), output_final_state=output_final_state,
-               chunk_size=chunk_size, block_v=block_v or 64, interpret=interpret, path=path)
+               chunk_size=chunk_size, block_v=block_v or default_block_v(info), interpret=interpret,
+               path=path)
   return _chunk_gla_mosaic(cfg, q, k, v, g, initial_state, segment_ids)
 
 
@@ -341,7 +373,8 @@ def check_call(info: CallInfo, interpret: bool = False, block_v: int | None = No
     return (f"the compiled kernel takes bfloat16 or float16 q, k, v (wgmma operands), got "
             f"{info.dtype}; cast them, or use impl='xla'")
   part = dataclasses.replace(info, K=min(info.K, MAX_K_COMPILED))  # wider K: launches summed (`_forward`)
-  opts = fwd_options(part, 1.0, block_v or 64, True, False, f32_out=info.K > MAX_K_COMPILED)
+  opts = fwd_options(part, 1.0, block_v or default_block_v(info), True, False,
+                     f32_out=info.K > MAX_K_COMPILED)
   if opts.smem_bytes() > SMEM_LIMIT:
     return (f"the kernel's tiles need {opts.smem_bytes()} bytes of shared memory at V tile {opts.BV} "
             f"(> {SMEM_LIMIT})")
