@@ -22,7 +22,7 @@ from pallas_kernels.common.checks import check_gla_inputs
 from pallas_kernels.common.mosaic_gpu.layout import is_sm90
 from pallas_kernels.gla import naive_recurrent_gla, ops
 from pallas_kernels.gla.mosaic_gpu import check_call, chunk_gla_mosaic
-from pallas_kernels.gla.mosaic_gpu.ops import fwd_options, gate_operands
+from pallas_kernels.gla.mosaic_gpu.ops import default_block_v, fwd_options, gate_operands
 from tests.pallas_kernels.gla_testing import (Case, assert_all_close, make_inputs, outputs_and_grads,
                                               reference, rel_err)
 
@@ -185,6 +185,15 @@ def test_check_call():
   assert check_call(_info(K=320, V=64)) is None  # K > 256: launches of K ≤ 256 summed
   assert check_call(_info(K=512, V=512), interpret=True) is None
   assert "bfloat16 or float16" in check_call(_info(dtype=jnp.float32))
+
+
+def test_default_block_v():
+  """V tile 128 only where it leaves ≥ 128 programs (measured slower with 32 programs, faster with 128)."""
+  assert default_block_v(_info(8, 64, 16, 128, 128)) == 128
+  assert default_block_v(_info(8, 64, 4, 256, 512)) == 128
+  assert default_block_v(_info(2, 64, 16, 128, 128)) == 64  # 32 programs
+  assert default_block_v(_info(8, 64, 16, 128, 96)) == 128  # V padded to 128
+  assert default_block_v(_info(8, 64, 16, 64, 64)) == 64
 
 
 def test_tiles_and_dense_flags():

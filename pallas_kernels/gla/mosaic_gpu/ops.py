@@ -87,11 +87,13 @@ class Config:
 
 
 def default_block_v(info: CallInfo) -> int:
-  """V tile of the forward kernel: 128 where the padded V is a multiple of 128, else 64. Measured on the
-  H200 (2026-12-03, benchmarks/bench_gla_mosaic_passes.py): 128 is faster at 8,2048,16,128,128 (1.337 →
-  1.105 ms) and 8,2048,4,256,512 (2.990 → 2.836 ms): the K-side work (gates, scores) is done once per V
-  tile, and halving the tiles outweighs the single-buffered inputs."""
-  return 128 if round_up(info.V, 64) % 128 == 0 else 64
+  """V tile of the forward kernel: 128 where the padded V is a multiple of 128 and that still leaves
+  ≥ 128 programs (B·H·V/128), else 64. Measured on the H200 (2026-12-03): 128 is faster at
+  8,2048,16,128,128 (forward 1.337 → 1.105 ms, 128 programs) and 8,2048,4,256,512 (2.990 → 2.836 ms,
+  128 programs) — the K-side work (gates, scores) is done once per V tile — and slower at
+  2,8192,16,128,128 (2.386 → 3.115 ms), where it leaves 32 programs for 132 SMs."""
+  Vp = round_up(info.V, 64)
+  return 128 if Vp % 128 == 0 and info.B * info.H * (Vp // 128) >= 128 else 64
 
 
 def fwd_options(info: CallInfo, scale: float, block_v: int, want_ht: bool, interpret: bool,
