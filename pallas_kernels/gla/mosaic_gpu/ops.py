@@ -62,7 +62,6 @@ from pallas_kernels.common.mosaic_gpu.ksplit import in_k_parts
 from pallas_kernels.common.mosaic_gpu.layout import (
     COMPILED_DTYPES, G_FLOOR, SMEM_LIMIT, round_up)
 from pallas_kernels.common.segments import doc_index
-from pallas_kernels.gla.chunk import chunk_gla_xla
 from pallas_kernels.gla.mosaic_gpu.grad_kernel import BV as GRAD_BV, GradOptions, chunk_grad
 from pallas_kernels.gla.mosaic_gpu.kernel import BK, C, F32, REF, FwdOptions, chunk_fwd
 
