@@ -20,7 +20,7 @@ its chunk cumsum G as hi + lo), so that dg per key dim,
 
   dg = revcumsum(q ⊙ dq' − k ⊙ dk') + Σ_{s<r} k_s ⊙ e_s + [h0 reaches ht] e^{Σ g} ⊙ Σ_v h0 ⊙ dht,
 
-e_s the final state's cotangent's share of dk (formed in XLA, `_gate_grad`), has no O(1) terms that
+e_s the final state's cotangent's share of dk (formed in XLA, common/mosaic_gpu/gate_grad.py), has no O(1) terms that
 cancel and no roundings that add up over T. dg is 0 where g < −60 (the floor). Bytes (8,2048,4,256,512,
 bf16; B·T·H·(K+V) = 50M elements): each pass streams its three 16-bit operands once per output tile
 (dv: V/128 = 4 tiles of the forward; dq, dk: K/64 = 4 tiles of grad), so ~4 × 3 × 2 B × 25-50M ≈ 0.6–1.2
@@ -58,6 +58,7 @@ import jax.numpy as jnp
 from pallas_kernels.common.checks import CallInfo, check_gla_inputs, default_scale
 from pallas_kernels.common.chunking import compensated_cumsum, pad_axis
 from pallas_kernels.common.dispatch import Implementation
+from pallas_kernels.common.mosaic_gpu.gate_grad import gate_grad
 from pallas_kernels.common.mosaic_gpu.ksplit import in_k_parts
 from pallas_kernels.common.mosaic_gpu.layout import (
     COMPILED_DTYPES, G_FLOOR, SMEM_LIMIT, round_up)
@@ -265,47 +266,9 @@ def _bwd_rule(cfg, residuals, cotangents):
   dh0 = None
   if h0 is not None:
     dh0 = (hT * s * jnp.exp(gt[:, 0])[..., None]).astype(h0.dtype)
-  dg, dq, dk = _gate_grad(s, q, k, v, gt, do, h0, dht, seg, dq, dk)
+  dg, dq, dk = gate_grad(s, q, k, v, gt, do, h0, dht, seg, dq, dk)
   dg = jnp.where(g < G_FLOOR, 0.0, dg).astype(g.dtype)  # the floor's gradient (−inf included)
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dg, dh0, None
-
-
-def _gate_grad(s: float, q, k, v, gt, do, h0, dht, seg, dq, dk):
-  """dg [B, T, H, K] float32 of the (floored: `gt`) gate from the strict passes' dq' and dk' (float32,
-  without each token's own pair, dk' without the final state's cotangent); → (dg, dq, dk), dq and dk
-  completed. Per key dim d, every term a sum of pair contributions (none O(1) where the result is
-  small):
-
-    dg_r = Σ_{t≥r} q_t ⊙ dq'_t − Σ_{s≥r} k_s ⊙ dk'_s        pairs (t, s), s < r ≤ t, h0's pairs included
-         + Σ_{s<r} k_s ⊙ e_s + [h0 reaches ht] e^{Σ g} ⊙ Σ_v h0 ⊙ dht    the final state's pairs:
-    e_s = [s in the last document] e^{Σ_{s<r<T} g_r} ⊙ (dht v_s)  (dk's part from dht).
-  """
-  qf, kf, vf = q.astype(F32), k.astype(F32), v.astype(F32)
-  revcumsum = lambda x: jnp.flip(jnp.cumsum(jnp.flip(x, 1), axis=1), 1)
-  dg = revcumsum(qf * dq - kf * dk)
-  own = s * jnp.sum(do.astype(F32) * vf, axis=-1)[..., None]  # s·(do_t·v_t): each token's own pair
-  dq = dq + own * kf
-  dk = dk + own * qf
-  if dht is not None:
-    after = revcumsum(jnp.concatenate([gt[:, 1:], jnp.zeros_like(gt[:, :1])], axis=1))  # Σ_{s<r<T} g_r
-    weight = jnp.exp(after)
-    docs = None if seg is None else doc_index(seg)
-    if docs is not None:
-      weight = jnp.where((docs == docs[:, -1:])[..., None, None], weight, 0.0)
-    if v.dtype == F32:  # interpret mode's float32 inputs: an exact product
-      vd = jnp.einsum("bthv,bhkv->bthk", vf, dht, precision="highest")
-    else:  # 16-bit inputs: one tensor-core matmul, float32 accumulation (the passes' own precision)
-      vd = jnp.einsum("bthv,bhkv->bthk", v, dht.astype(v.dtype), preferred_element_type=F32)
-    e = weight * vd
-    dk = dk + e
-    seen = jnp.cumsum(kf * e, axis=1)
-    dg = dg + jnp.concatenate([jnp.zeros_like(seen[:, :1]), seen[:, :-1]], axis=1)  # Σ_{s<r}
-    if h0 is not None:
-      through = jnp.exp(jnp.sum(gt, axis=1))  # [B, H, K]: h0 reaches ht only if no document starts
-      if docs is not None:
-        through = jnp.where((docs[:, -1:] == 0)[..., None], through, 0.0)
-      dg = dg + (through * jnp.sum(h0.astype(F32) * dht, axis=3))[:, None]
-  return dg, dq, dk
 
 
 _chunk_gla_mosaic.defvjp(_fwd_rule, _bwd_rule)

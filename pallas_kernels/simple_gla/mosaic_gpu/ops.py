@@ -62,6 +62,7 @@ import jax.numpy as jnp
 
 from pallas_kernels.common.checks import CallInfo, check_simple_gla_inputs, default_scale
 from pallas_kernels.common.dispatch import Implementation
+from pallas_kernels.common.mosaic_gpu.gate_grad import gate_grad
 from pallas_kernels.common.mosaic_gpu.ksplit import in_k_parts
 from pallas_kernels.common.mosaic_gpu.layout import (
     COMPILED_DTYPES, G_FLOOR, SMEM_LIMIT, is_sm90, round_up)
@@ -228,7 +229,7 @@ def _bwd_rule(cfg, residuals, cotangents):
   dv, hT = _pass(cfg, rev(k), rev(q), rev(do), g_rev, None if dht is None else dht / s, seg_rev,
                  want_ht=h0 is not None)
   dv = unrev(dv)
-  # strict: the final state's cotangent enters dk in XLA (`_gate_grad`), not as this pass's state
+  # strict: the final state's cotangent enters dk in XLA (`gate_grad`), not as this pass's state
   dht_in = None if dht is None or strict else jnp.swapaxes(dht, 2, 3) / s
   dk, _ = _pass(cfg, rev(v), rev(do), rev(q), g_rev, dht_in, seg_rev, want_ht=False, strict=strict)
   dk = unrev(dk)
@@ -238,48 +239,9 @@ def _bwd_rule(cfg, residuals, cotangents):
     dh0 = (hT * s * jnp.exp(g0)[:, :, None, None]).astype(h0.dtype)
   dg = None
   if strict:
-    dg, dq, dk = _gate_grad(s, q, k, v, gt, do, h0, dht, seg, dq, dk)
-    dg = dg.astype(g.dtype)
+    dg, dq, dk = gate_grad(s, q, k, v, gt[..., None], do, h0, dht, seg, dq, dk)
+    dg = dg[..., 0].astype(g.dtype)
   return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dg, None, dh0, None)
-
-
-def _gate_grad(s: float, q, k, v, gt, do, h0, dht, seg, dq, dk):
-  """dg [B, T, H] float32 of the scalar gate (floored: `gt`) from the strict passes' dq' and dk' (float32,
-  without each token's own pair, dk' without the final state's cotangent); → (dg, dq, dk), dq and dk
-  completed. Every term is a sum of pair contributions, none O(1) where the result is small:
-
-    dg_r = Σ_{t≥r} q_t·dq'_t − Σ_{s≥r} k_s·dk'_s        pairs (t, s), s < r ≤ t, h0's pairs included
-         + Σ_{s<r} k_s·e_s + [h0 reaches ht] e^{Σ g}⟨h0, dht⟩    the final state's pairs, formed here:
-    e_s = [s in the last document] e^{Σ_{s<r<T} g_r} dht v_s  (dk's part from dht; the last token's
-    own pair with the final state spans no r, and enters no sum).
-  """
-  qf, kf, vf = q.astype(F32), k.astype(F32), v.astype(F32)
-  revcumsum = lambda x: jnp.flip(jnp.cumsum(jnp.flip(x, 1), axis=1), 1)
-  pairs = jnp.sum(qf * dq, axis=-1) - jnp.sum(kf * dk, axis=-1)  # [B, T, H]
-  dg = revcumsum(pairs)
-  own = s * jnp.sum(do.astype(F32) * vf, axis=-1)[..., None]  # s·(do_t·v_t): each token's own pair
-  dq = dq + own * kf
-  dk = dk + own * qf
-  if dht is not None:
-    after = revcumsum(jnp.concatenate([gt[:, 1:], jnp.zeros_like(gt[:, :1])], axis=1))  # Σ_{s<r<T} g_r
-    weight = jnp.exp(after)
-    docs = None if seg is None else doc_index(seg)
-    if docs is not None:
-      weight = jnp.where((docs == docs[:, -1:])[..., None], weight, 0.0)
-    if v.dtype == F32:  # interpret mode's float32 inputs: an exact product
-      vd = jnp.einsum("bthv,bhkv->bthk", vf, dht, precision="highest")
-    else:  # 16-bit inputs: one tensor-core matmul, float32 accumulation (the passes' own precision)
-      vd = jnp.einsum("bthv,bhkv->bthk", v, dht.astype(v.dtype), preferred_element_type=F32)
-    e = weight[..., None] * vd
-    dk = dk + e
-    seen = jnp.cumsum(jnp.sum(kf * e, axis=-1), axis=1)
-    dg = dg + jnp.concatenate([jnp.zeros_like(seen[:, :1]), seen[:, :-1]], axis=1)  # Σ_{s<r}
-    if h0 is not None:
-      through = jnp.exp(jnp.sum(gt, axis=1))  # [B, H]: h0 reaches ht only if no document starts
-      if docs is not None:
-        through = jnp.where(docs[:, -1:] == 0, through, 0.0)
-      dg = dg + (through * jnp.sum(h0.astype(F32) * dht, axis=(2, 3)))[:, None, :]
-  return dg, dq, dk
 
 
 _chunk_simple_gla_mosaic.defvjp(_fwd_rule, _bwd_rule)
