@@ -17,7 +17,8 @@
 # 4-20 s each), so a ≤ 10 min call holds "tests" or "bench", not both: STAGES="tests", then STAGES="bench train".
 # 4. onetest: pytest -x -rA of TEST_IDS (node ids) → $OUT/onetest.log. 5. profile: benchmarks/profile_train.py on
 #    the 340M step, batch 16 × 2048 → $OUT/profile.{json,md}. 6. passes: benchmarks/bench_gla_mosaic_passes.py
-#    (each chunk_gla Mosaic pass alone, PASS_SHAPES) → $OUT/passes.jsonl. None is in the default STAGES.
+#    (each chunk_gla Mosaic pass alone, PASS_SHAPES) → $OUT/passes.jsonl. 7. ptxas: the registers / spills of
+#    each Mosaic kernel (MOSAIC_GPU_DUMP_PTXAS=1) → $OUT/ptxas.log. None is in the default STAGES.
 # STAGES="tests bench train" (default) picks stages; OPS="simple_gla:g simple_gla:gamma gla:g" (default) the bench's op:gate pairs. Everything printed goes to $OUT/run.log.
 set -u
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -48,6 +49,13 @@ for stage in ${STAGES:-tests bench train}; do
     passes)  # each Mosaic pass of chunk_gla alone (benchmarks/bench_gla_mosaic_passes.py)
       timeout "${PASSES_BUDGET:-150}" python3 benchmarks/bench_gla_mosaic_passes.py --shapes "${PASS_SHAPES:-s1,s4}" \
         --out "$OUT/passes.jsonl" 2>&1 | grep -v -i warn | tee -a "$LOG" | tail -30 ;;
+    ptxas)  # ptxas's resource report (registers, spills, stack) of every Mosaic kernel the passes bench and
+      # the simple-GLA bench at PTXAS_SHAPES compile → $OUT/ptxas.log (summary lines in run.log)
+      for cmd in "benchmarks/bench_gla_mosaic_passes.py --shapes ${PTXAS_SHAPES:-s1}" \
+                 "benchmarks/bench_mosaic.py --op simple_gla --gate g --bwd --impls mosaic_gpu --shapes ${PTXAS_SHAPES:-s1}"; do
+        MOSAIC_GPU_DUMP_PTXAS=1 timeout "${PTXAS_BUDGET:-150}" python3 $cmd >> "$OUT/ptxas.log" 2>&1
+      done
+      grep -i -E "entry function|registers|spill|stack frame|\"ms\"" "$OUT/ptxas.log" | cut -c1-200 | tee -a "$LOG" | tail -60 ;;
     profile)  # where the scanned 340M step's time goes (benchmarks/profile_train.py)
       timeout "${PROFILE_BUDGET:-200}" python3 benchmarks/profile_train.py --model gla_340m --batch 16 --seq 2048 \
         --steps 5 --warmup 2 --top 40 --out "$OUT/profile.json" 2>&1 | grep -v -i warn > "$OUT/profile.md"

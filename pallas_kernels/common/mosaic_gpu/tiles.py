@@ -1,7 +1,7 @@
 """Tile helpers of the Mosaic GPU kernels (pallas_kernels/*/mosaic_gpu/kernel.py), one code path for
 interpret mode (JAX 0.10's CPU interpreter) and the compiled kernel.
 
-Every matmul is a `plgpu.wgmma` of two SMEM tiles (`mm`), none transposed in SMEM and none read from
+Every matmul is a `plgpu.wgmma` of two SMEM tiles (`mm`, `mma`), none transposed in SMEM and none read from
 registers: the layout that interpret mode runs. Register values carry the WGMMA layout when compiled;
 `read`, `zeros` and `iota` give it explicitly there and fall back to plain jnp/lax values interpreted
 (`plgpu.load` and the layout casts do not exist in interpret mode).
@@ -58,6 +58,23 @@ def mm(a_ref, b_ref, shape):
     plgpu.wgmma(acc, a_ref, b_ref)
     return acc[...]
   return lax.optimization_barrier(pl.run_scoped(body, plgpu.ACC(shape, F32)))
+
+
+def mma(init, pairs, interpret: bool):
+  """init + Σ a @ b over `pairs` of SMEM tiles (a_ref, b_ref) on the tensor cores, float32. Compiled,
+  the wgmmas accumulate into `init` itself (`pl.run_state` of an initialised accumulator): issued back
+  to back, one wait, and no second [M, N] value live beside the accumulator — the register budget of a
+  kernel whose float32 state already holds half of them. Interpreted (JAX 0.10's interpret mode has no
+  run_state), init + `mm` of each pair: the same sum."""
+  if interpret:
+    for a_ref, b_ref in pairs:
+      init = init + mm(a_ref, b_ref, init.shape)
+    return init
+
+  def body(acc):
+    for a_ref, b_ref in pairs:
+      plgpu.wgmma(acc, a_ref, b_ref)
+  return lax.optimization_barrier(pl.run_state(body)(plgpu.ACC.init(init)))
 
 
 def rows(x, shape):

@@ -110,15 +110,16 @@ def _store(ref_hi, ref_lo, x, dt):
   ref_hi[...], ref_lo[...] = _split(x, dt)
 
 
-def _mm2(a_ref, hi_ref, lo_ref, shape):
-  """a @ (hi + lo)."""
-  return mt.mm(a_ref, hi_ref, shape) + mt.mm(a_ref, lo_ref, shape)
+def _mm2(a_ref, hi_ref, lo_ref, init, interpret: bool):
+  """init + a @ (hi + lo), one accumulator."""
+  return mt.mma(init, [(a_ref, hi_ref), (a_ref, lo_ref)], interpret)
 
 
-def _window(t: dict, j, opts: GradOptions):
-  """z, G and G_lo of rows t − j, [C, BK] float32 (rows t < j: garbage, masked by the caller)."""
+def _window(t: dict, j, opts: GradOptions, names=("z", "g", "gl")):
+  """z, G and G_lo (those of `names`) of rows t − j, [C, BK] float32 (rows t < j: garbage, masked by
+  the caller)."""
   w = lambda ref: mt.read(ref.at[pl.ds(PAD - j, C)], WGMMA, opts.interpret, False)
-  return w(t["z"]).astype(F32), w(t["g"]), w(t["gl"])
+  return tuple(w(t[n]).astype(F32) for n in names)
 
 
 def _ref_row(t: dict, r: int, shape, opts: GradOptions):
@@ -132,45 +133,57 @@ def _diff(a, b):
   return (a[0] - b[0]) + (a[1] - b[1])
 
 
-def _dense_intra(t: dict, opts: GradOptions):
+def _exponent(t: dict, r: int, opts: GradOptions):
+  """G_t − G_r, [C, BK] float32 (compensated)."""
+  return _diff(_window(t, 0, opts, ("g", "gl")), _ref_row(t, r, (C, BK), opts))
+
+
+def _dense_intra(t: dict, opts: GradOptions, out):
+  """out + e^{G − G_31} ⊙ (Bm (z ⊙ e^{G_31 − G})). Registers: the exponent first (G and G_lo then
+  dead), then z."""
   dt = jnp.dtype(opts.dtype)
-  z, G, L = _window(t, 0, opts)
-  e = _diff((G, L), _ref_row(t, REF, (C, BK), opts))  # G_t − G_REF
+  e = _exponent(t, REF, opts)  # G_t − G_REF
+  (z,) = _window(t, 0, opts, ("z",))
   _store(t["za_s"], t["za_lo"], z * jnp.exp(-e), dt)
   plgpu.commit_smem()
-  return jnp.exp(e) * _mm2(t["bm_s"], t["za_s"], t["za_lo"], (C, BK))
+  return out + jnp.exp(e) * _mm2(t["bm_s"], t["za_s"], t["za_lo"], mt.zeros((C, BK), opts.interpret),
+                                 opts.interpret)
 
 
-def _exact_intra(t: dict, opts: GradOptions):
+def _exact_intra(t: dict, opts: GradOptions, out):
   dt = jnp.dtype(opts.dtype)
-  z, G, L = _window(t, 0, opts)
-  gr = lambda r: _diff((G, L), _ref_row(t, r, (C, BK), opts))  # G_t − G_r
-  row = mt.iota((C, BK), 0, opts.interpret)
+  row = lambda: mt.iota((C, BK), 0, opts.interpret)
   ninf = -jnp.inf
+  zeros = lambda: mt.zeros((C, BK), opts.interpret)
   # queries 32..63 × keys 0..31 through row 31 (keys masked in z̃, queries in the output)
-  e = gr(31)
-  _store(t["za_s"], t["za_lo"], z * jnp.exp(jnp.where(row < 32, -e, ninf)), dt)
+  e = _exponent(t, 31, opts)
+  (z,) = _window(t, 0, opts, ("z",))
+  _store(t["za_s"], t["za_lo"], z * jnp.exp(jnp.where(row() < 32, -e, ninf)), dt)
   plgpu.commit_smem()
-  out = jnp.exp(jnp.where(row >= 32, e, ninf)) * _mm2(t["bm_s"], t["za_s"], t["za_lo"], (C, BK))
+  out = out + jnp.exp(jnp.where(row() >= 32, e, ninf)) * _mm2(t["bm_s"], t["za_s"], t["za_lo"], zeros(),
+                                                              opts.interpret)
   # pairs within one 32-row half only (the rest is done): its queries 16..31 × keys 0..15 through
   # row 15, 48..63 × 32..47 through row 47
-  r, c = mt.iota((C, C), 0, opts.interpret), mt.iota((C, C), 1, opts.interpret)
+  r, c = (lambda: mt.iota((C, C), 0, opts.interpret)), (lambda: mt.iota((C, C), 1, opts.interpret))
   bm = mt.read(t["bm_s"], WGMMA, opts.interpret).astype(F32)
-  bm = jnp.where(lax.div(r, 32) == lax.div(c, 32), bm, 0.0)
-  t["bm_s"][...] = bm.astype(dt)  # exact: a subset of the same bf16 values
-  e = jnp.where(row < 32, gr(15), gr(47))
-  _store(t["za_s"], t["za_lo"], z * jnp.exp(jnp.where(lax.rem(row, 32) < 16, -e, ninf)), dt)
+  t["bm_s"][...] = jnp.where(lax.div(r(), 32) == lax.div(c(), 32), bm, 0.0).astype(dt)  # a subset of the same values
+  e = jnp.where(row() < 32, _exponent(t, 15, opts), _exponent(t, 47, opts))
+  (z,) = _window(t, 0, opts, ("z",))
+  _store(t["za_s"], t["za_lo"], z * jnp.exp(jnp.where(lax.rem(row(), 32) < 16, -e, ninf)), dt)
   plgpu.commit_smem()
-  out = out + jnp.exp(jnp.where(lax.rem(row, 32) >= 16, e, ninf)) * _mm2(
-      t["bm_s"], t["za_s"], t["za_lo"], (C, BK))
+  out = out + jnp.exp(jnp.where(lax.rem(row(), 32) >= 16, e, ninf)) * _mm2(
+      t["bm_s"], t["za_s"], t["za_lo"], zeros(), opts.interpret)
   # the diagonal 16×16 blocks, one sub-diagonal j at a time (rows t with t mod 16 ≥ j); j = 0 is the
-  # own pair, left out (strict)
-  sub = lax.rem(row, SUB)
+  # own pair, left out (strict). Each step reads its operands from SMEM.
 
   def diagonal(j, out):
-    d = jnp.sum(jnp.where(c == r - j, bm, 0.0), axis=1)  # Bm_{t, t−j}
-    zw, gw, lw = _window(t, j, opts)
-    return out + jnp.where(sub >= j, mt.rows(d, (C, BK)) * zw * jnp.exp(_diff((G, L), (gw, lw))), 0.0)
+    bm = mt.read(t["bm_s"], WGMMA, opts.interpret).astype(F32)
+    d = jnp.sum(jnp.where(c() == r() - j, bm, 0.0), axis=1)  # Bm_{t, t−j}
+    G, L = _window(t, 0, opts, ("g", "gl"))
+    gw, lw = _window(t, j, opts, ("g", "gl"))
+    e = jnp.exp(_diff((G, L), (gw, lw)))
+    (zw,) = _window(t, j, opts, ("z",))
+    return out + jnp.where(lax.rem(row(), SUB) >= j, mt.rows(d, (C, BK)) * zw * e, 0.0)
 
   return lax.fori_loop(1, SUB, diagonal, out)
 
@@ -228,8 +241,8 @@ def grad_kernel(*refs, opts: GradOptions, x_s, yt_s, z_s, g_s, gl_s, vec_s, kd_s
     vec = vec_s.at[cslot]
     t = dict(z=z_s.at[cslot], g=g_s.at[cslot], gl=gl_s.at[cslot], bm_s=bm_s, za_s=za_s, za_lo=za_lo)
     dense = vec[names.index("dense"), 0] > 0.5
-    z, G, L = _window(t, 0, opts)
-    kd = z * jnp.exp(_diff(_ref_row(t, C - 1, (C, BK), opts), (G, L)))  # e^{Γ − G}
+    (z,) = _window(t, 0, opts, ("z",))
+    kd = z * jnp.exp(-_exponent(t, C - 1, opts))  # e^{Γ − G}
     if opts.has_seg:
       kd = kd * mt.rows(mt.read(vec.at[names.index("tail")], ROWS, opts.interpret), (C, BK))
     _store(kd_s, kd_lo, kd, dt)
@@ -257,9 +270,9 @@ def grad_kernel(*refs, opts: GradOptions, x_s, yt_s, z_s, g_s, gl_s, vec_s, kd_s
       xs, yts = x_s.at[slot], yt_s.at[slot]
       _store(s_s, s_lo, S[vt], dt)
       plgpu.commit_smem()
-      pairs = pairs + mt.mm(xs, yts, (C, C))
-      inter = inter + _mm2(xs, s_s, s_lo, (C, BK))
-      S[vt] = S[vt] * decay + _mm2(yts, kd_s, kd_lo, (BV, BK))
+      pairs = mt.mma(pairs, [(xs, yts)], opts.interpret)
+      inter = _mm2(xs, s_s, s_lo, inter, opts.interpret)
+      S[vt] = _mm2(yts, kd_s, kd_lo, S[vt] * decay, opts.interpret)
 
     r, c = mt.iota((C, C), 0, opts.interpret), mt.iota((C, C), 1, opts.interpret)
     live = r > c
@@ -269,12 +282,12 @@ def grad_kernel(*refs, opts: GradOptions, x_s, yt_s, z_s, g_s, gl_s, vec_s, kd_s
                      == mt.cols(mt.read(doc, COLS, opts.interpret), (C, C)))
     bm_s[...] = (jnp.where(live, pairs, 0.0) * opts.scale).astype(dt)
     plgpu.commit_smem()
-    _, G, L = _window(t, 0, opts)
+    G, L = _window(t, 0, opts, ("g", "gl"))
     out = inter * jnp.exp(G + L) * opts.scale
     if opts.has_seg:
       out = out * mt.rows(mt.read(vec.at[names.index("cin")], ROWS, opts.interpret), (C, BK))
-    out = out + lax.cond(dense, functools.partial(_dense_intra, t, opts),
-                         functools.partial(_exact_intra, t, opts))
+    out = lax.cond(dense, functools.partial(_dense_intra, t, opts),
+                   functools.partial(_exact_intra, t, opts), out)
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous chunk's output has left o_s
     o_s[...] = out
     plgpu.commit_smem()

@@ -30,7 +30,11 @@ per chunk by the flag `ops.prepare` writes in the "dense" row of the gate operan
 
 Every matmul is a `plgpu.wgmma` of two SMEM tiles, none transposed in SMEM and none from registers
 (the layout JAX 0.10's interpret mode runs; one code path for interpret and compiled), as in the
-simple-GLA kernel. Keys arrive transposed ([B, H, Kp, Tp]) and so does G. The gate tile G lives in an
+simple-GLA kernel. Register budget: the state and the o / A accumulators are the wgmmas' accumulators
+themselves (`tiles.mma`: no second [64, N] value beside each), each step forms the query side's
+operands (q, G → qi, and the dense form's qa) before the key side's (kᵀ, Gᵀ → kd, ka), and the exact
+form re-reads its operands from SMEM per product, so that beside the state only one side's two [64, 64]
+float32 tiles are live at a time. Keys arrive transposed ([B, H, Kp, Tp]) and so does G. The gate tile G lives in an
 untiled float32 buffer with `PAD` leading rows, so that the exact form can read it (and the keys)
 shifted by j rows. Loads of SMEM tiles into registers take an explicit layout when compiled
 (`plgpu.load`) and a plain `ref[...]` when interpreted.
@@ -114,61 +118,68 @@ class FwdOptions:
     return self.buffers * (step + chunk) + work + self.o_dtype.itemsize * C * BV + barriers  # + the o tile
 
 
-def _tiles(t: dict, opts: FwdOptions):
-  """The step's q, kᵀ, G, Gᵀ tiles, (re)read from SMEM as float32 registers (the branches of the
-  scores read their own: nothing but S, the o and A accumulators stays live across the cond)."""
+def _query_side(t: dict, opts: FwdOptions):
+  """q and G of the step's K tile as float32 registers ([C, BK])."""
   q = mt.read(t["q_s"], WGMMA, opts.interpret).astype(F32)
+  return q, mt.read(t["g"].at[pl.ds(PAD, C)], WGMMA, opts.interpret, False)
+
+
+def _key_side(t: dict, opts: FwdOptions):
+  """kᵀ and Gᵀ of the step's K tile as float32 registers ([BK, C])."""
   kT = mt.read(t["kt_s"], WGMMA, opts.interpret).astype(F32)
-  G = mt.read(t["g"].at[pl.ds(PAD, C)], WGMMA, opts.interpret, False)  # [C, BK]
-  Gt = mt.read(t["gt_s"], WGMMA, opts.interpret)  # [BK, C]
-  return q, kT, G, Gt
+  return kT, mt.read(t["gt_s"], WGMMA, opts.interpret)
 
 
-def _dense_scores(t: dict, opts: FwdOptions):
-  """A_kt of a chunk whose span is small: one reference row (REF) for the whole chunk."""
+def _dense_operands(t: dict, q, G, kT, Gt, opts: FwdOptions):
+  """The dense form's qa = q ⊙ e^{G − G_REF} (given q, G) or ka = kᵀ ⊙ e^{G_REF − Gᵀ} (given kᵀ, Gᵀ)
+  into SMEM: one reference row (REF) for the whole chunk."""
   dt = jnp.dtype(opts.dtype)
-  q, kT, G, Gt = _tiles(t, opts)
   g_row = t["g"].at[PAD + REF]
-  t["qa_s"][...] = (q * jnp.exp(G - mt.cols(mt.read(g_row, COLS, opts.interpret), (C, BK)))).astype(dt)
-  t["ka_s"][...] = (kT * jnp.exp(mt.rows(mt.read(g_row, ROWS, opts.interpret), (BK, C)) - Gt)).astype(dt)
-  plgpu.commit_smem()
-  return mt.mm(t["qa_s"], t["ka_s"], (C, C))
+  if q is not None:
+    t["qa_s"][...] = (q * jnp.exp(G - mt.cols(mt.read(g_row, COLS, opts.interpret), (C, BK)))).astype(dt)
+  else:
+    t["ka_s"][...] = (kT * jnp.exp(mt.rows(mt.read(g_row, ROWS, opts.interpret), (BK, C)) - Gt)).astype(dt)
 
 
-def _exact_scores(t: dict, opts: FwdOptions):
-  """A_kt with every exponent ≤ 0: reference rows at the 16-row sub-block boundaries off the diagonal,
-  float32 sub-diagonals on the diagonal blocks."""
+def _exact_scores(t: dict, opts: FwdOptions, A):
+  """A + A_kt with every exponent ≤ 0: reference rows at the 16-row sub-block boundaries off the
+  diagonal, float32 sub-diagonals on the diagonal blocks. Each operand pair is read from SMEM where it
+  is used (registers: beside S and the o and A accumulators, only what one product needs)."""
   dt = jnp.dtype(opts.dtype)
   g_s = t["g"]
-  q, kT, G, Gt = _tiles(t, opts)
   plgpu.commit_smem()
   plgpu.copy_gmem_to_smem(t["k_src"], t["kr_s"].at[pl.ds(PAD, C)], t["k_bar"])
-  row, colk = mt.iota((C, BK), 0, opts.interpret), mt.iota((BK, C), 1, opts.interpret)
   gr = lambda r, layout: mt.read(g_s.at[PAD + r], layout, opts.interpret)
   ninf = -jnp.inf
+  row, colk = (lambda: mt.iota((C, BK), 0, opts.interpret)), (lambda: mt.iota((BK, C), 1, opts.interpret))
   # queries 32..63 × keys 0..31 through row 31
-  t["qa_s"][...] = (q * jnp.exp(jnp.where(row >= 32, G - mt.cols(gr(31, COLS), (C, BK)), ninf))).astype(dt)
-  t["ka_s"][...] = (kT * jnp.exp(jnp.where(colk < 32, mt.rows(gr(31, ROWS), (BK, C)) - Gt, ninf))
+  q, G = _query_side(t, opts)
+  t["qa_s"][...] = (q * jnp.exp(jnp.where(row() >= 32, G - mt.cols(gr(31, COLS), (C, BK)), ninf))).astype(dt)
+  kT, Gt = _key_side(t, opts)
+  t["ka_s"][...] = (kT * jnp.exp(jnp.where(colk() < 32, mt.rows(gr(31, ROWS), (BK, C)) - Gt, ninf))
                     ).astype(dt)
   plgpu.commit_smem()
-  A = mt.mm(t["qa_s"], t["ka_s"], (C, C))
+  A = mt.mma(A, [(t["qa_s"], t["ka_s"])], opts.interpret)
   # queries 16..31 × keys 0..15 through row 15, queries 48..63 × keys 32..47 through row 47
-  ref_q = jnp.where(row < 32, mt.cols(gr(15, COLS), (C, BK)), mt.cols(gr(47, COLS), (C, BK)))
-  ref_k = jnp.where(colk < 32, mt.rows(gr(15, ROWS), (BK, C)), mt.rows(gr(47, ROWS), (BK, C)))
-  t["qa_s"][...] = (q * jnp.exp(jnp.where(lax.rem(row, 32) >= 16, G - ref_q, ninf))).astype(dt)
-  t["ka_s"][...] = (kT * jnp.exp(jnp.where(lax.rem(colk, 32) < 16, ref_k - Gt, ninf))).astype(dt)
+  q, G = _query_side(t, opts)
+  ref_q = jnp.where(row() < 32, mt.cols(gr(15, COLS), (C, BK)), mt.cols(gr(47, COLS), (C, BK)))
+  t["qa_s"][...] = (q * jnp.exp(jnp.where(lax.rem(row(), 32) >= 16, G - ref_q, ninf))).astype(dt)
+  kT, Gt = _key_side(t, opts)
+  ref_k = jnp.where(colk() < 32, mt.rows(gr(15, ROWS), (BK, C)), mt.rows(gr(47, ROWS), (BK, C)))
+  t["ka_s"][...] = (kT * jnp.exp(jnp.where(lax.rem(colk(), 32) < 16, ref_k - Gt, ninf))).astype(dt)
   plgpu.commit_smem()
-  r, c = mt.iota((C, C), 0, opts.interpret), mt.iota((C, C), 1, opts.interpret)
-  A = A + jnp.where((r >= 48) & (c < 16), 0.0, mt.mm(t["qa_s"], t["ka_s"], (C, C)))
+  r, c = (lambda: mt.iota((C, C), 0, opts.interpret)), (lambda: mt.iota((C, C), 1, opts.interpret))
+  A = A + jnp.where((r() >= 48) & (c() < 16), 0.0, mt.mm(t["qa_s"], t["ka_s"], (C, C)))
   # the diagonal 16×16 blocks, one sub-diagonal j at a time (rows t with t mod 16 ≥ j)
   plgpu.barrier_wait(t["k_bar"])
-  sub = lax.rem(row, SUB)
 
   def diagonal(j, A):
-    kw = mt.read(t["kr_s"].at[pl.ds(PAD - j, C)], WGMMA, opts.interpret, False).astype(F32)  # k_{t−j}
-    gw = mt.read(g_s.at[pl.ds(PAD - j, C)], WGMMA, opts.interpret, False)  # G_{t−j}
-    d = jnp.sum(jnp.where(sub >= j, q * kw * jnp.exp(G - gw), 0.0), axis=1)  # where: pad rows
-    return A + jnp.where(c == r - j, mt.rows(d, (C, C)), 0.0)
+    q = mt.read(t["q_s"], WGMMA, opts.interpret).astype(F32)
+    qk = q * mt.read(t["kr_s"].at[pl.ds(PAD - j, C)], WGMMA, opts.interpret, False).astype(F32)  # k_{t−j}
+    G = mt.read(g_s.at[pl.ds(PAD, C)], WGMMA, opts.interpret, False)
+    e = jnp.exp(G - mt.read(g_s.at[pl.ds(PAD - j, C)], WGMMA, opts.interpret, False))  # G_t − G_{t−j}
+    d = jnp.sum(jnp.where(lax.rem(row(), SUB) >= j, qk * e, 0.0), axis=1)  # where: pad rows
+    return A + jnp.where(c() == r() - j, mt.rows(d, (C, C)), 0.0)
 
   return lax.fori_loop(0, SUB, diagonal, A)
 
@@ -250,19 +261,24 @@ def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, g_s, gt_s, v_s, vec_s, qi_s, 
       tiles = dict(q_s=q_s.at[slot], kt_s=kt_s.at[slot], g=g_s.at[slot], gt_s=gt_s.at[slot],
                    qa_s=qa_s, ka_s=ka_s, kr_s=kr_s, k_bar=k_bar,
                    k_src=k_ref.at[b, rows, h, pl.ds(kt * BK, BK)])
-      q, kT, G, Gt = _tiles(tiles, opts)
-      gam_r = mt.read(tiles["g"].at[PAD + C - 1], ROWS, opts.interpret)  # Γ, one value per row of [BK, ·] tiles
+      # the query side, then the key side: beside S and the o / A accumulators only one side's two
+      # [64, 64] float32 tiles are live (the dense form's operands are formed from the same registers)
+      q, G = _query_side(tiles, opts)
       qe = q * jnp.exp(G)
       qi_s[...] = (qe * mt.rows(cin, (C, BK)) if opts.has_seg else qe).astype(dt)
+      pl.when(dense)(functools.partial(_dense_operands, tiles, q, G, None, None, opts))
+      kT, Gt = _key_side(tiles, opts)
+      gam_r = mt.read(tiles["g"].at[PAD + C - 1], ROWS, opts.interpret)  # Γ, one value per row of [BK, ·] tiles
       ke = kT * jnp.exp(mt.rows(gam_r, (BK, C)) - Gt)
       kd_s[...] = (ke * mt.cols(tail, (BK, C)) if opts.has_seg else ke).astype(dt)
+      pl.when(dense)(functools.partial(_dense_operands, tiles, None, None, kT, Gt, opts))
       s_s[...] = S[kt].astype(dt)
       plgpu.commit_smem()
-      qS = qS + mt.mm(qi_s, s_s, (C, BV))
+      qS = mt.mma(qS, [(qi_s, s_s)], opts.interpret)
       decay = mt.rows(jnp.exp(gam_r), (BK, BV))
-      S[kt] = S[kt] * (decay * carry if opts.has_seg else decay) + mt.mm(kd_s, v, (BK, BV))
-      A = A + lax.cond(dense, functools.partial(_dense_scores, tiles, opts),
-                       functools.partial(_exact_scores, tiles, opts))
+      S[kt] = mt.mma(S[kt] * (decay * carry if opts.has_seg else decay), [(kd_s, v)], opts.interpret)
+      A = lax.cond(dense, lambda A: mt.mma(A, [(qa_s, ka_s)], opts.interpret),
+                   functools.partial(_exact_scores, tiles, opts), A)
 
     r, c = mt.iota((C, C), 0, opts.interpret), mt.iota((C, C), 1, opts.interpret)
     live = r >= c
@@ -271,7 +287,7 @@ def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, g_s, gt_s, v_s, vec_s, qi_s, 
       live = live & (mt.rows(mt.read(doc, ROWS, opts.interpret), (C, C)) == mt.cols(mt.read(doc, COLS, opts.interpret), (C, C)))
     a_s[...] = (jnp.where(live, A, 0.0) * opts.scale).astype(dt)
     plgpu.commit_smem()
-    o = qS * opts.scale + mt.mm(a_s, v, (C, BV))
+    o = mt.mma(qS * opts.scale, [(a_s, v)], opts.interpret)
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous chunk's o has left o_s
     o_s[...] = o.astype(o_s.dtype)
     plgpu.commit_smem()
