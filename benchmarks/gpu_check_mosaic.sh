@@ -19,7 +19,7 @@
 #    the 340M step, batch 16 × 2048 → $OUT/profile.{json,md}. 6. passes: benchmarks/bench_gla_mosaic_passes.py
 #    (each chunk_gla Mosaic pass alone, PASS_SHAPES) → $OUT/passes.jsonl. 7. ptxas: the registers / spills of
 #    each Mosaic kernel (MOSAIC_GPU_DUMP_PTXAS=1) → $OUT/ptxas.log. None is in the default STAGES.
-# STAGES="tests bench train" (default) picks stages; OPS="simple_gla:g simple_gla:gamma gla:g" (default) the bench's op:gate pairs. Everything printed goes to $OUT/run.log.
+# IMPLS / BENCH_SHAPES narrow the bench (bench_mosaic.py --impls / --shapes). STAGES="tests bench train" (default) picks stages; OPS="simple_gla:g simple_gla:gamma gla:g" (default) the bench's op:gate pairs. Everything printed goes to $OUT/run.log.
 set -u
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/gla_mosaic_out}
@@ -63,7 +63,7 @@ for stage in ${STAGES:-tests bench train}; do
     bench)
       for spec in ${OPS:-simple_gla:g simple_gla:gamma gla:g}; do
         timeout "${BENCH_BUDGET:-180}" python3 benchmarks/bench_mosaic.py --op "${spec%%:*}" --gate "${spec#*:}" \
-          --bwd --out "$OUT/mosaic.jsonl" \
+          --bwd --out "$OUT/mosaic.jsonl" ${IMPLS:+--impls $IMPLS} ${BENCH_SHAPES:+--shapes $BENCH_SHAPES} \
           2>&1 | grep -v -i warn | tee -a "$LOG" | tail -15
       done
       python3 benchmarks/mosaic_table.py "$OUT/mosaic.jsonl" --run "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) $(date -u +%F) $(cat COMMIT 2>/dev/null | cut -c1-7)" \

@@ -1,10 +1,11 @@
 """The public GLA ops on the family's one registry (`pallas_kernels.common.dispatch.Op`).
 
 `CHUNK_GLA` owns the input check (run once per call) and the implementations: the jnp forms registered
-here, the kernel backends ("triton", "tpu") imported on first use from their subfolders, which define
-their `Implementation` and never import this module. `impl="auto"` walks the platform's list (GPU:
-triton, xla; TPU and CPU: xla — the TPU kernels stay explicit-only until they have run on a TPU) and
-takes the first implementation that supports the call; an explicit `impl` that cannot serve the call
+here, the kernel backends ("triton", "tpu", "mosaic_gpu", "mosaic_gpu_fwd") imported on first use from
+their subfolders, which define their `Implementation` and never import this module. `impl="auto"` walks
+the platform's list (GPU: mosaic_gpu_fwd — the Mosaic forward with the Triton backward, only at the
+shapes of its measured table on sm90 — then triton, xla; TPU and CPU: xla — the TPU kernels stay
+explicit-only until they have run on a TPU) and takes the first implementation that supports the call; an explicit `impl` that cannot serve the call
 raises a ValueError with the reason — there is no silent fallback.
 
 The one-token op (`FUSED_RECURRENT_*`) has the fused decode kernels as backends (triton/decode.py), which
@@ -37,12 +38,15 @@ def _check_recurrent(q, k, v, g, *, scale=None, initial_state=None, output_final
 
 
 CHUNK_GLA = Op("chunk_gla", check=_check_chunk,
-               auto_order={"gpu": ("triton", "xla"), "tpu": ("xla",), "cpu": ("xla",)},
+               auto_order={"gpu": ("mosaic_gpu_fwd", "triton", "xla"), "tpu": ("xla",), "cpu": ("xla",)},
                backends={"triton": "pallas_kernels.gla.triton.ops:IMPLEMENTATION",
                          "tpu": "pallas_kernels.gla.tpu.ops:IMPLEMENTATION",
                          "mosaic_gpu": "pallas_kernels.gla.mosaic_gpu.ops:IMPLEMENTATION",
                          "mosaic_gpu_interpret":
-                             "pallas_kernels.gla.mosaic_gpu.ops:INTERPRET_IMPLEMENTATION"})
+                             "pallas_kernels.gla.mosaic_gpu.ops:INTERPRET_IMPLEMENTATION",
+                         "mosaic_gpu_fwd": "pallas_kernels.gla.mosaic_gpu.fwd_triton_bwd:IMPLEMENTATION",
+                         "mosaic_gpu_fwd_interpret":
+                             "pallas_kernels.gla.mosaic_gpu.fwd_triton_bwd:INTERPRET_IMPLEMENTATION"})
 # The decode kernels serve T = 1 calls only (`check_call`); longer calls fall through to "xla".
 # GPU order: "xla" first, from benchmarks/bench_generate.py on one H200 (2026-12-02, JAX 0.11.2,
 # benchmarks/RESULTS.md): one decode step of the GLA-340M layer (H 4, K 128, V 256) at B = 64 takes

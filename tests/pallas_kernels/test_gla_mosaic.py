@@ -48,7 +48,7 @@ CASES = [  # (case, intra-chunk form)
     (Case(T=130, K=64, V=64, gate="normal", dtype="bfloat16", B=1), "auto"),
     # h0=False: at g ≈ −20 d initial_state is ~1e-8, which the xla backward flushes to 0 in float16
     (Case(T=80, K=48, V=96, gate="strong", h0=False, dtype="float16", B=1, H=1), "auto"),
-    (Case(T=70, K=300, V=16, gate="normal", B=1, H=1), "auto"),  # K > 256: two launches (256 + 44)
+    (Case(T=70, K=300, V=16, gate="normal", B=1, H=1), "auto"),  # K > 128: three launches (128 + 128 + 44)
 ]
 
 
@@ -182,7 +182,7 @@ def test_errors():
 def test_check_call():
   assert check_call(_info()) is None
   assert check_call(_info(K=256, V=512)) is None
-  assert check_call(_info(K=320, V=64)) is None  # K > 256: launches of K ≤ 256 summed
+  assert check_call(_info(K=320, V=64)) is None  # K > 128: launches of K ≤ 128 summed
   assert check_call(_info(K=512, V=512), interpret=True) is None
   assert "bfloat16 or float16" in check_call(_info(dtype=jnp.float32))
 
@@ -214,6 +214,57 @@ def test_explicit_only():
 
 
 # ------------------------------------------------------------------------------------------------
+# "mosaic_gpu_fwd": the Mosaic forward with the Triton backward (fwd_triton_bwd.py)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", [Case(T=70, K=16, V=32, gate="normal", seg=True, B=1),
+                                  Case(T=130, K=48, V=96, gate="strong", B=1, H=1),
+                                  Case(T=80, K=160, V=48, gate="normal", dtype="bfloat16", B=1, H=1)],
+                         ids=lambda c: c.id)
+def test_mosaic_forward_triton_backward_matches_spec(case):
+  """Output and final state from the Mosaic forward, every gradient from the Triton backward (both in
+  interpret mode), against the float32 spec: T not a multiple of 64, K ≠ V padded, packed documents,
+  strong decay, K > 128 in two forward launches, bf16."""
+  fn = functools.partial(ops.chunk_gla, impl="mosaic_gpu_fwd_interpret")
+  got = jax.jit(functools.partial(outputs_and_grads, fn))(*make_inputs(case))
+  assert_all_close(got, reference(case), TOL[case.dtype])
+
+
+def test_mosaic_forward_triton_backward_without_final_state_and_neg_inf():
+  """No final state requested (no dht reaches the Triton backward) and −inf gates (floored, gradient 0
+  there): the gradients of Σ o ⊙ do against the xla impl's."""
+  case = Case(T=70, K=16, V=32, gate="normal", B=1)
+  q, k, v, g, h0, _, do, _ = make_inputs(case)
+  g = g.at[:, 10, :, :3].set(-jnp.inf)
+
+  def grads(impl):
+    loss = lambda q, k, v, g, h0: jnp.sum(ops.chunk_gla(q, k, v, g, initial_state=h0, impl=impl)[0] * do)
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))(q, k, v, g, h0)
+
+  for name, a, b in zip(("dq", "dk", "dv", "dg", "dh0"), grads("mosaic_gpu_fwd_interpret"), grads("xla")):
+    assert np.isfinite(np.asarray(a)).all(), name
+    assert rel_err(a, b) < 1e-4, (name, rel_err(a, b))
+  dg = grads("mosaic_gpu_fwd_interpret")[3]
+  np.testing.assert_array_equal(np.asarray(dg[:, 10, :, :3]), 0.0)
+
+
+def test_auto_takes_the_mosaic_forward_only_where_measured(monkeypatch):
+  from pallas_kernels.gla.mosaic_gpu import fwd_triton_bwd
+  pick = lambda *dims, dtype=jnp.bfloat16: ops.select_impl(_info(*dims, dtype=dtype), "auto",
+                                                           platform="gpu").name
+  assert pick(8, 64, 4, 256, 512) == "triton"  # not an sm90 GPU here
+  monkeypatch.setattr(fwd_triton_bwd, "is_sm90", lambda: True)
+  assert pick(8, 64, 4, 256, 512) == "mosaic_gpu_fwd"  # measured: 1.14x the Triton forward
+  assert pick(8, 64, 4, 128, 256) == "mosaic_gpu_fwd"
+  assert pick(8, 64, 4, 100, 200) == "mosaic_gpu_fwd"  # padded to the measured 128, 256
+  assert pick(8, 64, 16, 128, 128) == "triton"  # measured slower
+  assert pick(1, 64, 4, 256, 512) == "triton"  # B·H = 4: fewer programs than measured
+  assert pick(8, 64, 4, 256, 512, dtype=jnp.float16) == "triton"  # not measured
+  assert pick(8, 64, 4, 256, 512, dtype=jnp.float32) == "triton"  # the compiled kernel takes 16-bit inputs
+
+
+# ------------------------------------------------------------------------------------------------
 # the compiled path, lowered deviceless on any machine (Pallas → Mosaic GPU MLIR; not ptxas, not run)
 # ------------------------------------------------------------------------------------------------
 
@@ -223,7 +274,7 @@ def test_explicit_only():
     ((2, 1024, 4, 256, 512), jnp.bfloat16, True, True, None),
     ((2, 256, 2, 128, 128), jnp.bfloat16, False, False, 128),
     ((2, 300, 2, 48, 96), jnp.float16, False, True, None),
-    ((2, 300, 2, 512, 128), jnp.bfloat16, True, True, None),  # K in two launches of 256
+    ((2, 300, 2, 512, 128), jnp.bfloat16, True, True, None),  # K in four launches of 128
 ])
 def test_lowers_for_cuda(dims, dtype, h0, seg, block_v):
   B, T, H, K, V = dims
@@ -312,6 +363,28 @@ def test_compiled_matches_xla(shape, gate, dtype):
   (o_wrong, _) = jax.jit(functools.partial(ops.chunk_gla, impl="xla", initial_state=h0))(
       q, k, v, jnp.zeros_like(g))
   assert rel_err(o_wrong, o_ref) > 0.1
+
+
+@pytest.mark.gpu
+def test_compiled_mosaic_forward_triton_backward():
+  """impl="mosaic_gpu_fwd" compiled at the 1.3B layer's head dims: output, state and every gradient vs
+  "xla" (the pair auto takes there on sm90)."""
+  if not is_sm90():
+    pytest.skip("needs an sm90 (Hopper) GPU")
+  q, k, v, g, h0 = _gpu_inputs((2, 1000, 4, 256, 512), "normal")
+  do = jax.random.normal(jax.random.key(7), v.shape, v.dtype)
+
+  def run(impl):
+    def loss(q, k, v, g, h):
+      o, ht = ops.chunk_gla(q, k, v, g, impl=impl, initial_state=h, output_final_state=True)
+      return jnp.sum(o.astype(jnp.float32) * do) + jnp.sum(ht), (o, ht)
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(q, k, v, g, h0)
+
+  (grads, (o, ht)), (grads_ref, (o_ref, ht_ref)) = run("mosaic_gpu_fwd"), run("xla")
+  assert rel_err(o, o_ref) < 1e-2 and rel_err(ht, ht_ref) < 1e-2
+  for name, a, b in zip(("dq", "dk", "dv", "dg", "dh0"), grads, grads_ref):
+    assert np.isfinite(np.asarray(a, np.float32)).all(), name
+    assert rel_err(a, b) < 2e-2, (name, rel_err(a, b))
 
 
 @pytest.mark.gpu

@@ -41,7 +41,7 @@ Triton kernels do) and the document index, as the simple-GLA Mosaic kernel does.
 
 Inputs: any T; K, V in 1..512 (padded as above); "mosaic_gpu" takes bf16 / fp16 q, k, v (the wgmma
 operand dtype; S, the scores and the decayed q / k are rounded to it for their matmuls, as the Triton
-kernel rounds them to bf16), any K and V to 512 (a launch's K is ≤ 256: its float32 state [Kp, V tile]
+kernel rounds them to bf16), any K and V to 512 (a launch's K is ≤ 128: its float32 state [Kp, V tile]
 lives in registers; wider K runs in launches summed, `_forward`); "mosaic_gpu_interpret" also takes
 float32 (exact float32 matmuls: the tests' tight checks).
 `chunk_size` is accepted for the op contract; the kernel uses 64.
@@ -68,7 +68,9 @@ from pallas_kernels.gla.mosaic_gpu.kernel import BK, C, F32, REF, FwdOptions, ch
 
 MAX_DIM = 512
 GRAD_PART = 256  # the widest contraction (V) of one gated-output launch: its state Sᵀ [V, 64] in registers
-MAX_K_COMPILED = 256  # a launch's K: its float32 state [Kp, BV] is in registers, 128 per thread at K = 256
+MAX_K_COMPILED = 128  # a launch's K: its float32 state [Kp, BV] is in registers (64 per thread at K = 128, BV = 128);
+# wider K runs in launches summed. On the H200 (2026-12-04, 8,2048,4,256,512) 128 beats 256: forward 1.632 →
+# 1.347 ms at BV 128 (ptxas spills less); GRAD_PART stays 256 (128 there: 1.304 → 1.452 ms)
 DENSE_MAX_EXP = {"float16": 8.0}  # the dense form's largest |exponent|; 40 for the other dtypes
 PATHS = ("auto", "dense", "exact")  # the intra-chunk form per chunk: by span, or forced (tests)
 
@@ -91,7 +93,8 @@ def default_block_v(info: CallInfo) -> int:
   ≥ 128 programs (B·H·V/128), else 64. Measured on the H200 (2026-12-03): 128 is faster at
   8,2048,16,128,128 (forward 1.337 → 1.105 ms, 128 programs) and 8,2048,4,256,512 (2.990 → 2.836 ms,
   128 programs) — the K-side work (gates, scores) is done once per V tile — and slower at
-  2,8192,16,128,128 (2.386 → 3.115 ms), where it leaves 32 programs for 132 SMs."""
+  2,8192,16,128,128 (2.386 → 3.115 ms), where it leaves 32 programs for 132 SMs. After the register-budget
+  change (2026-12-04): 0.890 → 0.886 ms at s1, 1.464 → 1.347 ms at s4 (K launches of 128)."""
   Vp = round_up(info.V, 64)
   return 128 if Vp % 128 == 0 and info.B * info.H * (Vp // 128) >= 128 else 64
 
@@ -280,7 +283,7 @@ def chunk_gla_mosaic(q, k, v, g, *, scale=None, initial_state=None, output_final
   """Chunkwise GLA in Mosaic GPU (`chunk_gla`'s contract; module docstring).
 
   Args:
-    q, k: [B, T, H, K]; v: [B, T, H, V]; any T, K and V up to 512 (compiled: bf16 / fp16; K > 256 in parts).
+    q, k: [B, T, H, K]; v: [B, T, H, V]; any T, K and V up to 512 (compiled: bf16 / fp16; K > 128 in parts).
     g: [B, T, H, K] log forget gates (≤ 0; −inf allowed).
     scale: defaults to K ** -0.5.
     initial_state: [B, H, K, V] or None.
