@@ -49,7 +49,7 @@ def main(argv=None):
   print(f"GLA op, B,T,H,K,V = {B},{T},{H},{K},{V}, {args.dtype}, {args.docs} document(s) per row; "
         f"platform {current_platform()}, jax {jax.__version__}")
   print("relative L2 error vs naive_recurrent_gla (float32), and fwd+bwd time")
-  print(f"{'impl':<12}" + "".join(f"{n:>12}" for n in NAMES) + f"{'ms':>10}")
+  print(f"{'impl':<26}" + "".join(f"{n:>12}" for n in NAMES) + f"{'ms':>10}")
   for impl in available_impls():
     if impl == "parallel" and T > 1024:
       continue
@@ -57,14 +57,14 @@ def main(argv=None):
       fn = jax.jit(functools.partial(_run, functools.partial(chunk_gla, impl=impl)))
       out = jax.block_until_ready(fn(*args_))
     except ValueError as e:  # an implementation that cannot serve this call says why
-      print(f"{impl:<12}  skipped: {e}")
+      print(f"{impl:<26}  skipped: {e}")
       continue
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args_))
     ms = (time.perf_counter() - t0) * 1e3
     errs = [np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64))
             / np.linalg.norm(np.asarray(b, np.float64)) for a, b in zip(out, ref)]
-    print(f"{impl:<12}" + "".join(f"{e:>12.2e}" for e in errs) + f"{ms:>10.1f}")
+    print(f"{impl:<26}" + "".join(f"{e:>12.2e}" for e in errs) + f"{ms:>10.1f}")
 
 
 if __name__ == "__main__":

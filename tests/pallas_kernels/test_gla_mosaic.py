@@ -256,8 +256,8 @@ def test_auto_takes_the_mosaic_forward_only_where_measured(monkeypatch):
   assert pick(8, 64, 4, 256, 512) == "triton"  # not an sm90 GPU here
   monkeypatch.setattr(fwd_triton_bwd, "is_sm90", lambda: True)
   assert pick(8, 64, 4, 256, 512) == "mosaic_gpu_fwd"  # measured: 1.14x the Triton forward
-  assert pick(8, 64, 4, 128, 256) == "mosaic_gpu_fwd"
-  assert pick(8, 64, 4, 100, 200) == "mosaic_gpu_fwd"  # padded to the measured 128, 256
+  assert pick(8, 64, 4, 250, 500) == "mosaic_gpu_fwd"  # padded to the measured 256, 512
+  assert pick(8, 64, 4, 128, 256) == "triton"  # level in the second run
   assert pick(8, 64, 16, 128, 128) == "triton"  # measured slower
   assert pick(1, 64, 4, 256, 512) == "triton"  # B·H = 4: fewer programs than measured
   assert pick(8, 64, 4, 256, 512, dtype=jnp.float16) == "triton"  # not measured
