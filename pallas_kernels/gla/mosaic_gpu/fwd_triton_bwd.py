@@ -42,23 +42,24 @@ MEASURED_FASTER: dict[tuple[str, int, int], tuple[int, str]] = {
 }
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _chunk_gla(cfg: mosaic.Config, info: CallInfo, interpret: bool, q, k, v, g, h0, seg):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _chunk_gla(cfg: mosaic.Config, q, k, v, g, h0, seg):
   return mosaic._forward(cfg, q, k, v, g, h0, seg)
 
 
-def _fwd_rule(cfg, info, interpret, q, k, v, g, h0, seg):
+def _fwd_rule(cfg, q, k, v, g, h0, seg):
   return mosaic._forward(cfg, q, k, v, g, h0, seg), (q, k, v, g, h0, seg)
 
 
-def _bwd_rule(cfg, info, interpret, residuals, cotangents):
+def _bwd_rule(cfg, residuals, cotangents):
   """The Triton backward (`triton.ops._chunk_gla_bwd_rule`) on its padded operands; the cotangents
   padded with zeros (padded outputs are cropped, so they have none), the gradients cropped back."""
   q, k, v, g, h0, seg = residuals
   do, dht = cotangents
+  info = cfg.info
   opts, (qp, kp, vp, gp, h0p, doc) = triton.prepare(q, k, v, g, info=info, scale=cfg.scale,
                                                     initial_state=h0, segment_ids=seg,
-                                                    interpret=interpret)
+                                                    interpret=cfg.interpret)
   Tp, Kp, Vp = opts.T, opts.K, opts.V
   do = pad_axis(pad_axis(do, 1, Tp), 3, Vp)
   if dht is None:
@@ -82,7 +83,7 @@ def _run(info: CallInfo, q, k, v, g, *, scale=None, initial_state=None, output_f
   cfg = mosaic.Config(info=info, scale=default_scale(scale, info.K),
                       output_final_state=output_final_state, chunk_size=64,
                       block_v=mosaic.default_block_v(info), interpret=interpret, path="auto")
-  return _chunk_gla(cfg, info, interpret, q, k, v, g, initial_state, segment_ids)
+  return _chunk_gla(cfg, q, k, v, g, initial_state, segment_ids)
 
 
 def check_call(info: CallInfo, interpret: bool = False) -> str | None:

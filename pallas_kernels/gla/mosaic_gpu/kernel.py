@@ -130,15 +130,16 @@ def _key_side(t: dict, opts: FwdOptions):
   return kT, mt.read(t["gt_s"], WGMMA, opts.interpret)
 
 
-def _dense_operands(t: dict, q, G, kT, Gt, opts: FwdOptions):
-  """The dense form's qa = q ⊙ e^{G − G_REF} (given q, G) or ka = kᵀ ⊙ e^{G_REF − Gᵀ} (given kᵀ, Gᵀ)
-  into SMEM: one reference row (REF) for the whole chunk."""
-  dt = jnp.dtype(opts.dtype)
-  g_row = t["g"].at[PAD + REF]
-  if q is not None:
-    t["qa_s"][...] = (q * jnp.exp(G - mt.cols(mt.read(g_row, COLS, opts.interpret), (C, BK)))).astype(dt)
-  else:
-    t["ka_s"][...] = (kT * jnp.exp(mt.rows(mt.read(g_row, ROWS, opts.interpret), (BK, C)) - Gt)).astype(dt)
+def _dense_query(t: dict, q, G, opts: FwdOptions):
+  """The dense form's qa = q ⊙ e^{G − G_REF} into SMEM (one reference row, REF, for the whole chunk)."""
+  g_ref = mt.cols(mt.read(t["g"].at[PAD + REF], COLS, opts.interpret), (C, BK))
+  t["qa_s"][...] = (q * jnp.exp(G - g_ref)).astype(jnp.dtype(opts.dtype))
+
+
+def _dense_key(t: dict, kT, Gt, opts: FwdOptions):
+  """The dense form's ka = kᵀ ⊙ e^{G_REF − Gᵀ} into SMEM."""
+  g_ref = mt.rows(mt.read(t["g"].at[PAD + REF], ROWS, opts.interpret), (BK, C))
+  t["ka_s"][...] = (kT * jnp.exp(g_ref - Gt)).astype(jnp.dtype(opts.dtype))
 
 
 def _exact_scores(t: dict, opts: FwdOptions, A):
@@ -266,12 +267,12 @@ def fwd_kernel(*refs, opts: FwdOptions, q_s, kt_s, g_s, gt_s, v_s, vec_s, qi_s, 
       q, G = _query_side(tiles, opts)
       qe = q * jnp.exp(G)
       qi_s[...] = (qe * mt.rows(cin, (C, BK)) if opts.has_seg else qe).astype(dt)
-      pl.when(dense)(functools.partial(_dense_operands, tiles, q, G, None, None, opts))
+      pl.when(dense)(functools.partial(_dense_query, tiles, q, G, opts))
       kT, Gt = _key_side(tiles, opts)
       gam_r = mt.read(tiles["g"].at[PAD + C - 1], ROWS, opts.interpret)  # Γ, one value per row of [BK, ·] tiles
       ke = kT * jnp.exp(mt.rows(gam_r, (BK, C)) - Gt)
       kd_s[...] = (ke * mt.cols(tail, (BK, C)) if opts.has_seg else ke).astype(dt)
-      pl.when(dense)(functools.partial(_dense_operands, tiles, None, None, kT, Gt, opts))
+      pl.when(dense)(functools.partial(_dense_key, tiles, kT, Gt, opts))
       s_s[...] = S[kt].astype(dt)
       plgpu.commit_smem()
       qS = mt.mma(qS, [(qi_s, s_s)], opts.interpret)
