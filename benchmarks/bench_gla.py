@@ -1,5 +1,6 @@
-"""GLA op benchmark: our Pallas Triton kernels ("ours") and Mosaic GPU forward ("mosaic", sm90; its backward
-is the xla impl's vjp) vs the chunked XLA op vs fla vs jla (benchmarks/RESULTS.md).
+"""GLA op benchmark: our Pallas Triton kernels ("ours"), our Mosaic GPU kernels ("mosaic": forward and
+backward, sm90) and the Mosaic forward with the Triton backward ("mosaic_fwd": impl "mosaic_gpu_fwd") vs the
+chunked XLA op vs fla vs jla (benchmarks/RESULTS.md).
 
     python benchmarks/bench_gla.py jax    --out DIR [--shapes s1,s2] [--variants]   # ours, xla, jla
     python benchmarks/bench_gla.py fla    --out DIR [--shapes s1,s2]                # torch process
@@ -99,9 +100,12 @@ def _jax_impls(shape, variants: bool, interpret: bool = False, only=None):
     chunk_gla_triton = functools.partial(chunk_gla_triton, interpret=True)
   impls = {"ours": chunk_gla_triton, "xla": chunk_gla_jnp}
   from pallas_kernels.common.mosaic_gpu.layout import is_sm90
-  if interpret or is_sm90():  # our Mosaic GPU forward (its backward: the xla impl's vjp)
+  if interpret or is_sm90():  # our Mosaic GPU kernels, and the Mosaic forward with the Triton backward
+    from pallas_kernels.gla import chunk_gla
     from pallas_kernels.gla.mosaic_gpu import chunk_gla_mosaic
     impls["mosaic"] = functools.partial(chunk_gla_mosaic, interpret=interpret)
+    impls["mosaic_fwd"] = functools.partial(
+        chunk_gla, impl="mosaic_gpu_fwd_interpret" if interpret else "mosaic_gpu_fwd")
   B, T, H, K, V = shape
   if K in (64, 128) and V in (64, 128):
     try:
@@ -355,7 +359,7 @@ def report(out_dir) -> str:
   by_shape = {}
   for r in res:
     by_shape.setdefault(r["shape"], []).append(r)
-  order = {"ours": 0, "mosaic": 1, "fla": 2, "jla": 3, "xla": 4}
+  order = {"ours": 0, "mosaic": 1, "mosaic_fwd": 2, "fla": 3, "jla": 4, "xla": 5}
   for name in [n for n in SHAPES if n in by_shape]:
     rows = sorted(by_shape[name], key=lambda r: (order.get(r["impl"], 9), r["impl"]))
     fla = next((r for r in rows if r["impl"] == "fla" and "fwdbwd_ms" in r), None)
@@ -384,7 +388,7 @@ def main(argv=None):
   p.add_argument("--out", required=True)
   p.add_argument("--shapes", default="s1,s2,s3,s4,s5")
   p.add_argument("--variants-for", default="", help="shapes at which to also time variants of ours")
-  p.add_argument("--impls", default="", help="comma list to restrict to (ours, mosaic, xla, jla)")
+  p.add_argument("--impls", default="", help="comma list to restrict to (ours, mosaic, mosaic_fwd, xla, jla)")
   p.add_argument("--save-ref-for", default="s1,s2,s3", help="shapes whose reference fla is scored on")
   p.add_argument("--interpret", action="store_true", help="run ours in interpret mode (CPU smoke test)")
   a = p.parse_args(argv)

@@ -19,7 +19,8 @@
 #    the 340M step, batch 16 × 2048 → $OUT/profile.{json,md}. 6. passes: benchmarks/bench_gla_mosaic_passes.py
 #    (each chunk_gla Mosaic pass alone, PASS_SHAPES) → $OUT/passes.jsonl. 7. ptxas: the registers / spills of
 #    each Mosaic kernel (MOSAIC_GPU_DUMP_PTXAS=1) → $OUT/ptxas.log. None is in the default STAGES.
-# IMPLS / BENCH_SHAPES narrow the bench (bench_mosaic.py --impls / --shapes). STAGES="tests bench train" (default) picks stages; OPS="simple_gla:g simple_gla:gamma gla:g" (default) the bench's op:gate pairs. Everything printed goes to $OUT/run.log.
+# IMPLS / BENCH_SHAPES narrow the bench (bench_mosaic.py --impls / --shapes); TABLE_IMPL=mosaic_gpu_fwd makes the
+# table's ratios and MEASURED_FASTER entries those of the pair (mosaic_table.py --impl). STAGES="tests bench train" (default) picks stages; OPS="simple_gla:g simple_gla:gamma gla:g" (default) the bench's op:gate pairs. Everything printed goes to $OUT/run.log.
 set -u
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/gla_mosaic_out}
@@ -66,7 +67,7 @@ for stage in ${STAGES:-tests bench train}; do
           --bwd --out "$OUT/mosaic.jsonl" ${IMPLS:+--impls $IMPLS} ${BENCH_SHAPES:+--shapes $BENCH_SHAPES} \
           2>&1 | grep -v -i warn | tee -a "$LOG" | tail -15
       done
-      python3 benchmarks/mosaic_table.py "$OUT/mosaic.jsonl" --run "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) $(date -u +%F) $(cat COMMIT 2>/dev/null | cut -c1-7)" \
+      python3 benchmarks/mosaic_table.py "$OUT/mosaic.jsonl" ${TABLE_IMPL:+--impl $TABLE_IMPL} --run "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) $(date -u +%F) $(cat COMMIT 2>/dev/null | cut -c1-7)" \
         > "$OUT/mosaic_table.md" 2>&1; cat "$OUT/mosaic_table.md" | tee -a "$LOG" ;;
     train)
       timeout "${TRAIN_BUDGET:-220}" python3 benchmarks/bench_train.py --model gla_340m --batch 16 --seq 2048 \

@@ -1,10 +1,11 @@
 """The public simple-GLA ops on the family's one registry (`pallas_kernels.common.dispatch.Op`).
 
 `CHUNK_SIMPLE_GLA` owns the input check (run once per call) and the implementations: the jnp forms
-registered here, the kernel backends ("triton", "tpu") imported on first use from their subfolders,
-which define their `Implementation` and never import this module. `impl="auto"` walks the platform's
-list (GPU: triton, xla; TPU and CPU: xla — the TPU kernels stay explicit-only until they have run on a
-TPU) and takes the first implementation that supports the call; an explicit `impl` that cannot serve the
+registered here, the kernel backends ("triton", "tpu", "mosaic_gpu", "mosaic_gpu_fwd") imported on
+first use from their subfolders, which define their `Implementation` and never import this module.
+`impl="auto"` walks the platform's list (GPU: mosaic_gpu_fwd — the Mosaic forward with the Triton
+backward — and mosaic_gpu, each only at the shapes of its table of measured wins on sm90, then triton,
+xla; TPU and CPU: xla — the TPU kernels stay explicit-only until they have run on a TPU) and takes the first implementation that supports the call; an explicit `impl` that cannot serve the
 call raises a ValueError with the reason — there is no silent fallback.
 
 The one-token op (`FUSED_RECURRENT_*`) has the fused decode kernels as backends (triton/decode.py), which
@@ -37,14 +38,19 @@ def _check_recurrent(q, k, v, g=None, *, g_gamma=None, scale=None, initial_state
 
 
 CHUNK_SIMPLE_GLA = Op("chunk_simple_gla", check=_check_chunk,
-                      # GPU: "mosaic_gpu" first, taken by auto only where its table of measured shapes
-                      # says so (`MEASURED_FASTER`, sm90): empty until measured, so triton serves
-                      auto_order={"gpu": ("mosaic_gpu", "triton", "xla"), "tpu": ("xla",), "cpu": ("xla",)},
+                      # GPU: the Mosaic impls first, each taken by auto only where its table of measured
+                      # shapes says so (`MEASURED_FASTER`, sm90); elsewhere triton serves
+                      auto_order={"gpu": ("mosaic_gpu_fwd", "mosaic_gpu", "triton", "xla"), "tpu": ("xla",),
+                                  "cpu": ("xla",)},
                       backends={"triton": "pallas_kernels.simple_gla.triton.ops:IMPLEMENTATION",
                                 "tpu": "pallas_kernels.simple_gla.tpu.ops:IMPLEMENTATION",
                                 "mosaic_gpu": "pallas_kernels.simple_gla.mosaic_gpu.ops:IMPLEMENTATION",
                                 "mosaic_gpu_interpret":
-                                    "pallas_kernels.simple_gla.mosaic_gpu.ops:INTERPRET_IMPLEMENTATION"})
+                                    "pallas_kernels.simple_gla.mosaic_gpu.ops:INTERPRET_IMPLEMENTATION",
+                                "mosaic_gpu_fwd":
+                                    "pallas_kernels.simple_gla.mosaic_gpu.fwd_triton_bwd:IMPLEMENTATION",
+                                "mosaic_gpu_fwd_interpret":
+                                    "pallas_kernels.simple_gla.mosaic_gpu.fwd_triton_bwd:INTERPRET_IMPLEMENTATION"})
 # The decode kernels serve T = 1 calls only (`check_call`); longer calls fall through to "xla".
 FUSED_RECURRENT_SIMPLE_GLA = Op(
     "fused_recurrent_simple_gla", check=_check_recurrent, auto_order={"gpu": ("xla",)},  # as GLA's (gla/ops.py)

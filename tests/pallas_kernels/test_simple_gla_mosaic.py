@@ -213,7 +213,7 @@ def test_auto_takes_mosaic_only_where_measured(monkeypatch):
   from pallas_kernels.simple_gla.mosaic_gpu import ops as mops
   for order in ops.CHUNK_SIMPLE_GLA.auto_order.values():
     assert "mosaic_gpu_interpret" not in order
-  assert ops.CHUNK_SIMPLE_GLA.auto_order["gpu"][:2] == ("mosaic_gpu", "triton")
+  assert ops.CHUNK_SIMPLE_GLA.auto_order["gpu"][:3] == ("mosaic_gpu_fwd", "mosaic_gpu", "triton")
   assert {"mosaic_gpu", "mosaic_gpu_interpret"} <= set(ops.available_impls())
   info = _info(B=2, T=256, H=2, K=128, V=128, g=jnp.zeros((2, 256, 2)))
   pick = lambda: ops.CHUNK_SIMPLE_GLA.select(info, "auto", platform="gpu").name
@@ -230,6 +230,73 @@ def test_auto_takes_mosaic_only_where_measured(monkeypatch):
   monkeypatch.setattr(mops, "MEASURED_FASTER", {})
   assert ops.CHUNK_SIMPLE_GLA.select(info, "mosaic_gpu", platform="gpu").name == "mosaic_gpu"
   assert ops.CHUNK_SIMPLE_GLA.select(info, "auto", platform="cpu").name == "xla"
+
+
+# ------------------------------------------------------------------------------------------------
+# "mosaic_gpu_fwd": the Mosaic forward with the Triton backward (fwd_triton_bwd.py)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", [Case(T=130, K=16, V=32, seg=True, B=1),
+                                  Case(T=100, K=48, V=96, gate="constant", B=1),
+                                  Case(T=70, K=32, V=32, strength="strong", neg_inf=True),
+                                  Case(T=64, K=48, V=16, gate="none", h0=False, B=1, H=1),
+                                  Case(T=80, K=300, V=48, dtype="bfloat16", B=1, H=1)],
+                         ids=lambda c: c.id)
+def test_mosaic_forward_triton_backward_matches_spec(case):
+  """Output and final state from the Mosaic forward, every gradient from the Triton backward (both in
+  interpret mode), against the float32 spec: each gate kind, T not a multiple of 64, K ≠ V padded,
+  packed documents, strong decay with −inf, K > 256 in two forward launches, bf16."""
+  fn = functools.partial(ops.chunk_simple_gla, impl="mosaic_gpu_fwd_interpret")
+  got = jax.jit(functools.partial(outputs_and_grads, fn))(make_inputs(case))
+  assert_close(got, reference(case), TOL[case.dtype])
+
+
+def test_mosaic_forward_triton_backward_without_final_state():
+  """No final state requested (no dht reaches the Triton backward) and −inf gates (floored, gradient 0
+  there): the gradients of Σ o ⊙ do against the xla impl's."""
+  x = make_inputs(Case(T=70, K=16, V=32, B=1))
+  g = x.g.at[:, 10].set(-jnp.inf)
+
+  def grads(impl):
+    loss = lambda q, k, v, g, h0: jnp.sum(ops.chunk_simple_gla(q, k, v, g, initial_state=h0, impl=impl)[0]
+                                          * x.do)
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))(x.q, x.k, x.v, g, x.h0)
+
+  got = grads("mosaic_gpu_fwd_interpret")
+  for name, a, b in zip(("dq", "dk", "dv", "dg", "dh0"), got, grads("xla")):
+    assert np.isfinite(np.asarray(a)).all(), name
+    assert rel_err(a, b) < 1e-4, (name, rel_err(a, b))
+  np.testing.assert_array_equal(np.asarray(got[3][:, 10]), 0.0)
+
+
+def test_auto_takes_the_pair_only_where_measured(monkeypatch):
+  """The pair is first in the GPU order, taken only on sm90 at its table's (gate, dtype, K, V) and B·H."""
+  from pallas_kernels.simple_gla.mosaic_gpu import fwd_triton_bwd as pair
+  g = lambda B, H: jnp.zeros((B, 64, H))
+  pick = lambda info: ops.CHUNK_SIMPLE_GLA.select(info, "auto", platform="gpu").name
+  info = _info(B=8, T=64, H=16, K=128, V=128, g=g(8, 16))
+  monkeypatch.setattr(pair, "MEASURED_FASTER", {("scalar", "bfloat16", 128, 128): (64, "test")})
+  assert pick(info) == "triton"  # not an sm90 GPU here
+  monkeypatch.setattr(pair, "is_sm90", lambda: True)
+  assert pick(info) == "mosaic_gpu_fwd"
+  assert pick(_info(B=8, T=64, H=16, K=100, V=120, g=g(8, 16))) == "mosaic_gpu_fwd"  # padded to 128
+  assert pick(_info(B=2, T=64, H=16, K=128, V=128, g=g(2, 16))) == "triton"  # B·H 32 < 64 measured
+  assert "measured at B·H ≥ 64" in pair.auto_check(_info(B=2, T=64, H=16, K=128, V=128, g=g(2, 16)))
+  assert pick(_info(B=8, T=64, H=16, K=128, V=128, g_gamma=jnp.zeros(16))) == "triton"  # other gate
+  assert pick(_info(B=8, T=64, H=16, K=128, V=128, dtype=jnp.float16, g=g(8, 16))) == "triton"
+  assert pick(_info(B=8, T=64, H=16, K=128, V=128, dtype=jnp.float32, g=g(8, 16))) == "triton"
+  assert "not measured faster" in pair.auto_check(_info(B=8, T=64, H=16, K=64, V=64, g=g(8, 16)))
+
+
+def test_pair_table_is_well_formed():
+  """Every recorded entry: a gate kind, a compiled dtype, K and V padded to 64 and at most 512, a B·H
+  and the run it comes from."""
+  from pallas_kernels.simple_gla.mosaic_gpu import fwd_triton_bwd as pair
+  for (gate, dtype, K, V), (min_bh, run) in pair.MEASURED_FASTER.items():
+    assert gate in ("scalar", "constant", "none") and dtype in ("bfloat16", "float16")
+    assert K % 64 == 0 and V % 64 == 0 and K <= 512 and V <= 512
+    assert min_bh >= 1 and "H200" in run
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,6 +350,38 @@ def test_compiled_gradients_match_xla(shape, gate):
 
   names = ("dq", "dk", "dv", "dh0", "dg")
   for name, a, b in zip(names, grads("mosaic_gpu"), grads("xla")):
+    assert np.isfinite(np.asarray(a, np.float32)).all(), name
+    assert rel_err(a, b) < 2e-2, (name, rel_err(a, b))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape,gate", [((4, 2048, 8, 128, 128), "scalar"), ((2, 1000, 4, 256, 512), "constant")])
+def test_compiled_mosaic_forward_triton_backward(shape, gate):
+  """impl="mosaic_gpu_fwd" compiled: output, state and every gradient vs "xla", with h0, packed documents
+  and the final state's cotangent."""
+  if not is_sm90():
+    pytest.skip("needs an sm90 (Hopper) GPU")
+  B, T, H, K, V = shape
+  ks = jax.random.split(jax.random.key(2), 5)
+  q, k = (jax.random.normal(kk, (B, T, H, K), jnp.bfloat16) for kk in ks[:2])
+  v = jax.random.normal(ks[2], (B, T, H, V), jnp.bfloat16)
+  g = jax.nn.log_sigmoid(jax.random.normal(ks[3], (B, T, H))) / 16 if gate == "scalar" else None
+  g_gamma = jnp.log1p(-(2.0 ** (-5.0 - jnp.arange(H)))) if gate == "constant" else None
+  h0 = jax.random.normal(ks[4], (B, H, K, V))
+  do = jax.random.normal(jax.random.key(7), v.shape, v.dtype)
+  seg = jnp.broadcast_to((jnp.arange(T) >= T // 3).astype(jnp.int32), (B, T))
+
+  def run(impl):
+    def loss(q, k, v, h, g):
+      o, ht = ops.chunk_simple_gla(q, k, v, g, g_gamma=g_gamma, impl=impl, initial_state=h,
+                                   output_final_state=True, segment_ids=seg)
+      return jnp.sum(o.astype(jnp.float32) * do) + jnp.sum(ht), (o, ht)
+    argnums = (0, 1, 2, 3, 4) if g is not None else (0, 1, 2, 3)
+    return jax.jit(jax.grad(loss, argnums=argnums, has_aux=True))(q, k, v, h0, g)
+
+  (grads, (o, ht)), (grads_ref, (o_ref, ht_ref)) = run("mosaic_gpu_fwd"), run("xla")
+  assert rel_err(o, o_ref) < 1e-2 and rel_err(ht, ht_ref) < 1e-2
+  for name, a, b in zip(("dq", "dk", "dv", "dh0", "dg"), grads, grads_ref):
     assert np.isfinite(np.asarray(a, np.float32)).all(), name
     assert rel_err(a, b) < 2e-2, (name, rel_err(a, b))
 
