@@ -35,7 +35,7 @@ if [[ $PHASES == *" breakdown "* ]]; then
 fi
 if [[ $PHASES == *" jax "* ]]; then
   timeout "${JAX_BUDGET:-240}" python3 benchmarks/bench_gla.py jax --out "$WORK" \
-    --shapes "${SHAPES:-s1,s2,s3,s4,s5,t4k,t16k,t32k}" --variants-for "${VARIANTS:-s1,s2,t16k}" \
+    --shapes "${SHAPES:-s1,s2,s3,s4,s5,t4k,t16k,t32k}" --variants-for "${VARIANTS-s1,s2,t16k}" \
     --impls "${IMPLS:-}" --save-ref-for "${FLA_SHAPES-s1,s2,s3,t4k,t16k,t32k,s5,s4}" \
     > "$OUT/bench_jax.log" 2>&1
   since "jax bench rc=$?"

@@ -39,7 +39,10 @@ CHUNK_LINEAR_ATTN = Op("chunk_linear_attn", check=_check_chunk,
                                  "tpu": "pallas_kernels.linear_attn.tpu:IMPLEMENTATION",
                                  "mosaic_gpu": "pallas_kernels.linear_attn.mosaic_gpu:IMPLEMENTATION",
                                  "mosaic_gpu_interpret":
-                                     "pallas_kernels.linear_attn.mosaic_gpu:INTERPRET_IMPLEMENTATION"})
+                                     "pallas_kernels.linear_attn.mosaic_gpu:INTERPRET_IMPLEMENTATION",
+                                 "mosaic_gpu_fwd": "pallas_kernels.linear_attn.mosaic_gpu:PAIR_IMPLEMENTATION",
+                                 "mosaic_gpu_fwd_interpret":
+                                     "pallas_kernels.linear_attn.mosaic_gpu:PAIR_INTERPRET_IMPLEMENTATION"})
 FUSED_RECURRENT_LINEAR_ATTN = Op("fused_recurrent_linear_attn", check=_check_recurrent,
                                  auto_order={})
 

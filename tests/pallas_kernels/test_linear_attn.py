@@ -400,10 +400,12 @@ class InputErrorsTest(parameterized.TestCase):
       fused_recurrent_linear_attn(q, k, v, impl="naive")
 
 
+@pytest.mark.parametrize("impl", ["mosaic_gpu_interpret", "mosaic_gpu_fwd_interpret"])
 @pytest.mark.parametrize("normalize,seg", [(False, False), (True, True)])
-def test_mosaic_interpret_matches_xla_values_and_gradients(normalize, seg):
-  """impl "mosaic_gpu_interpret" (simple GLA's Mosaic kernel without a gate, forward and its Mosaic
-  backward) against "xla" on o, the final state and every gradient, h0 and packed documents."""
+def test_mosaic_interpret_matches_xla_values_and_gradients(normalize, seg, impl):
+  """impls "mosaic_gpu_interpret" (simple GLA's Mosaic kernel without a gate, forward and its Mosaic
+  backward) and "mosaic_gpu_fwd_interpret" (the Mosaic forward, the Triton backward) against "xla" on o,
+  the final state and every gradient, h0 and packed documents."""
   B, T, H, K, V = 1, 90, 2, 16, 32
   ks = jax.random.split(jax.random.key(3), 6)
   q, k = (jax.nn.elu(jax.random.normal(kk, (B, T, H, K))) + 1 for kk in ks[:2])
@@ -420,7 +422,7 @@ def test_mosaic_interpret_matches_xla_values_and_gradients(normalize, seg):
     dht_ = jax.tree.map(lambda x: jax.random.normal(ks[5], x.shape, x.dtype), ht)  # (S[, z]) cotangent
     return (o, *jax.tree.leaves(ht), *vjp((do, dht_)))
 
-  got, want = jax.jit(lambda: run("mosaic_gpu_interpret"))(), jax.jit(lambda: run("xla"))()
+  got, want = jax.jit(lambda: run(impl))(), jax.jit(lambda: run("xla"))()
   assert len(got) == len(want)
   for i, (a, b) in enumerate(zip(got, want)):
     if b is None:

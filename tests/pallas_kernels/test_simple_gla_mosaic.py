@@ -289,6 +289,21 @@ def test_auto_takes_the_pair_only_where_measured(monkeypatch):
   assert "not measured faster" in pair.auto_check(_info(B=8, T=64, H=16, K=64, V=64, g=g(8, 16)))
 
 
+def test_auto_takes_the_pair_at_its_recorded_shapes(monkeypatch):
+  """The recorded table (H200, 2026-12-04): K = V = 64 from B·H 128 with either gate; K = V = 128 not."""
+  from pallas_kernels.simple_gla.mosaic_gpu import fwd_triton_bwd as pair
+  monkeypatch.setattr(pair, "is_sm90", lambda: True)
+  pick = lambda info: ops.CHUNK_SIMPLE_GLA.select(info, "auto", platform="gpu").name
+  g = lambda B, H: jnp.zeros((B, 64, H))
+  assert pick(_info(B=4, T=64, H=32, K=64, V=64, g=g(4, 32))) == "mosaic_gpu_fwd"
+  assert pick(_info(B=4, T=64, H=32, K=64, V=64, g_gamma=jnp.zeros(32))) == "mosaic_gpu_fwd"
+  assert pick(_info(B=4, T=64, H=32, K=48, V=64, g=g(4, 32))) == "mosaic_gpu_fwd"  # K padded to 64
+  assert pick(_info(B=2, T=64, H=32, K=64, V=64, g=g(2, 32))) == "triton"  # B·H 64 < 128
+  assert pick(_info(B=4, T=64, H=32, K=64, V=64, g=g(4, 32), dtype=jnp.float16)) == "triton"
+  assert pick(_info(B=8, T=64, H=16, K=128, V=128, g=g(8, 16))) == "triton"  # 1.03x: under the margin
+  assert pick(_info(B=4, T=64, H=32, K=64, V=64)) == "triton"  # gate "none": not measured
+
+
 def test_pair_table_is_well_formed():
   """Every recorded entry: a gate kind, a compiled dtype, K and V padded to 64 and at most 512, a B·H
   and the run it comes from."""

@@ -6,9 +6,16 @@ The Triton backward keeps only the op's inputs as residuals (it recomputes the p
 `pallas_kernels/simple_gla/triton/ops.py`), so it can follow any forward: the output is the Mosaic
 forward's, the gradients the Triton backward's on the same inputs (each is the op to bf16 accuracy; the
 tests check both against the spec). On the H200 the Mosaic forward (TMA + wgmma, the state in registers)
-is faster than the Triton forward at most bench shapes while the Mosaic backward (three more runs of the
-forward kernel and XLA glue) is not (benchmarks/RESULTS.md, "Mosaic GPU: fourth run": forward 0.225 vs
-0.267 ms at 8,2048,16,128,128; fwd+bwd 1.429 vs 1.030).
+is faster than the Triton forward at K, V ≤ 128 while the Mosaic backward (three more runs of the forward
+kernel and XLA glue) is not (benchmarks/RESULTS.md, "Mosaic GPU: fourth run": forward 0.225 vs 0.267 ms at
+8,2048,16,128,128; fwd+bwd 1.429 vs 1.030). The pair, measured beside the Triton op ("seventh run",
+2026-12-04, gate g; g_gamma alike):
+
+  8,2048,16,128,128   fwd 0.234 vs 0.272 ms, fwd+bwd 1.005 vs 1.038 (1.03×)
+  2,8192,16,128,128   fwd 0.370 vs 0.445,   fwd+bwd 1.343 vs 1.421 (1.06×)
+  4,4096,32,64,64     fwd 0.195 vs 0.294,   fwd+bwd 0.857 vs 0.950 (1.11×)
+  8,2048,4,256,512    fwd 0.580 vs 0.445,   fwd+bwd 1.676 vs 1.524 (0.91×)
+  8,2048,4,128,256    fwd 0.139 vs 0.140,   fwd+bwd 0.577 vs 0.571 (0.99×)
 
 `impl="auto"` on sm90 takes this pair only at the (gate kind, dtype, K, V) of `MEASURED_FASTER`, the
 entries of a recorded run in which the pair's fwd+bwd beat the Triton op's, and for at least the
@@ -35,7 +42,13 @@ F32 = jnp.float32
 # (gate kind, dtype, K padded to 64, V padded to 64) → (the smallest B·H measured, the run): the calls
 # where the pair's fwd+bwd was measured faster than the Triton op's, both in one run
 # (benchmarks/bench_mosaic.py --bwd --impls mosaic_gpu_fwd,triton; benchmarks/mosaic_table.py).
-MEASURED_FASTER: dict[tuple[str, str, int, int], tuple[int, str]] = {}
+# The run of 2026-12-04 (H200, jax 0.11.2, benchmarks/RESULTS.md "Mosaic GPU: seventh run"; margin 1.05):
+# K = V = 64 won at B·H 128 with either gate; K = V = 128 won 1.06x at B·H 32 (2,8192,16) but only 1.03x at
+# B·H 128 (8,2048,16), so no entry; 128 / 256 level (0.99x), 256 / 512 slower (0.89-0.91x).
+MEASURED_FASTER: dict[tuple[str, str, int, int], tuple[int, str]] = {
+    ("scalar", "bfloat16", 64, 64): (128, "H200 2026-12-04, 4,4096,32,64,64: fwd+bwd 0.857 vs triton 0.950 ms"),
+    ("constant", "bfloat16", 64, 64): (128, "H200 2026-12-04, 4,4096,32,64,64: fwd+bwd 0.721 vs triton 0.791 ms"),
+}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

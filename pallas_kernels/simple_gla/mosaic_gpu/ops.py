@@ -1,6 +1,8 @@
 """chunk_simple_gla with its forward in Mosaic GPU (Hopper: TMA + wgmma, `kernel.py`); impls
 "mosaic_gpu" (compiled, sm90 GPUs) and "mosaic_gpu_interpret" (Mosaic GPU interpret mode, any platform).
-Neither is in an `auto` order: they are explicit-only until qualified on the GPU.
+"mosaic_gpu" is in the GPU auto order behind its table of measured wins (`MEASURED_FASTER`, empty: its
+fwd+bwd has not measured faster than "triton"); its forward with the Triton backward is
+"mosaic_gpu_fwd" (`fwd_triton_bwd.py`).
 
 The backward runs the same Mosaic kernel three more times (`_bwd_rule`), on rearranged operands — the
 chunk algorithm is its own adjoint up to a transpose and a time reversal:
