@@ -238,3 +238,39 @@ def test_dims_padded_to_192_use_dividing_tiles(K, V, path):
                        jax.grad(ref, argnums=(0, 1, 2, 3))(q, k, v, g)):
     assert bool(jnp.all(jnp.isfinite(got)))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=2e-4 * float(jnp.max(jnp.abs(want))))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_sequence_parallel_forward_keeps_its_states_for_the_backward(scan):
+  """The sequence-parallel forward's per-chunk states are the backward's residuals (keep_states,
+  default): one state pass fewer in the backward than with keep_states=False, the same gradients
+  (the same kernel computes h either way), both equal to the spec's."""
+  case = Case(T=130, K=32, V=16, gate="normal", h0=True, seg=True, B=1)
+  q, k, v, g, h0, seg, do, dht = make_inputs(case)
+  blocks = _blocks(case, dict(fwd_parallel=True, state_scan=scan))
+
+  def grads(keep):
+    def f(q, k, v, g, h0):
+      return chunk_gla_triton(q, k, v, g, initial_state=h0, output_final_state=True, segment_ids=seg,
+                              interpret=True, block_sizes=blocks, keep_states=keep)
+    return lambda: jax.vjp(f, q, k, v, g, h0)[1]((do, dht))
+
+  name = "gla_chunk_summaries_k" if scan else "gla_chunk_state_pass"
+  count = lambda keep: str(jax.make_jaxpr(grads(keep))()).count(name)
+  # the forward's pass alone, or with the backward's recompute (a jaxpr names a kernel 1-3 times per call)
+  assert count(True) > 0 and count(False) == 2 * count(True)
+  kept, recomputed = jax.jit(grads(True))(), jax.jit(grads(False))()
+  for a, b in zip(kept, recomputed):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+  _, _, *ref = reference(case)
+  for name_, a, b in zip(("dq", "dk", "dv", "dg", "dh0"), kept, ref):
+    assert rel_err(a, b) < 1e-4, (name_, rel_err(a, b))
+
+
+def test_fused_forward_recomputes_the_states():
+  """The fused forward keeps h in registers, so its backward recomputes them (one state pass)."""
+  case = Case(T=70, K=16, V=16, gate="normal", h0=False, B=1, H=1)
+  q, k, v, g, _, _, do, _ = make_inputs(case)
+  blocks = _blocks(case, dict(fwd_parallel=False, state_scan=False))
+  loss = lambda q, k, v, g: jnp.sum(chunk_gla_triton(q, k, v, g, interpret=True, block_sizes=blocks)[0] * do)
+  assert str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2, 3)))(q, k, v, g)).count("gla_chunk_state_pass") == 1

@@ -201,3 +201,23 @@ def test_rel_err_helper_sees_nan():  # the bounds above fail on NaN (rel_err pro
 if __name__ == "__main__":
   from absl.testing import absltest
   absltest.main()
+
+
+@pytest.mark.parametrize("gate,scan", [("scalar", False), ("constant", True)])
+def test_sequence_parallel_forward_keeps_its_states_for_the_backward(gate, scan):
+  """keep_states (default): the sequence-parallel forward's per-chunk states are the backward's
+  residuals — one state pass fewer than keep_states=False, the same gradients, both the spec's."""
+  case = Case(T=130, K=32, V=16, gate=gate, seg=True)
+  inputs = make_inputs(case)
+  blocks = _blocks(case, fwd_parallel=True, state_scan=scan)
+  run = lambda keep: functools.partial(outputs_and_grads, functools.partial(
+      chunk_simple_gla_triton, interpret=True, block_sizes=blocks, keep_states=keep), *inputs)
+  name = "simple_gla_chunk_summaries_k" if scan else "simple_gla_chunk_state_pass"
+  count = lambda keep: str(jax.make_jaxpr(run(keep))()).count(name)
+  # the forward's pass alone, or with the backward's recompute (a jaxpr names a kernel 1-3 times per call)
+  assert count(True) > 0 and count(False) == 2 * count(True)
+  kept, recomputed = jax.jit(run(True))(), jax.jit(run(False))()
+  for a, b in zip(kept, recomputed):
+    if b is not None:
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+  assert_all_close(kept, reference(case), F32_TOL, skip=() if gate == "scalar" else ("dg",))

@@ -66,7 +66,8 @@ def _bwd_rule(cfg, residuals, cotangents):
     dht = jnp.zeros((info.B, info.H, Kp, Vp), F32)
   else:
     dht = pad_axis(pad_axis(dht.astype(F32), 2, Kp), 3, Vp)
-  dq, dk, dv, dg, dh0, _ = triton._chunk_gla_bwd_rule(opts, (qp, kp, vp, gp, h0p, doc), (do, dht))
+  dq, dk, dv, dg, dh0, _ = triton._chunk_gla_bwd_rule(opts, (qp, kp, vp, gp, h0p, doc, None),
+                                                        (do, dht))
   T, K, V = info.T, info.K, info.V
   dg = jnp.where(g < G_FLOOR, 0.0, dg[:, :T, :, :K].astype(F32)).astype(g.dtype)  # the floor's gradient
   dh0 = None if h0 is None else dh0[:, :, :K, :V].astype(h0.dtype)

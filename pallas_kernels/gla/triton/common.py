@@ -126,6 +126,8 @@ class KernelOptions:
   threshold: float = 40.0
   interpret: bool = False
   state_dtype: str = "float32"  # dtype of the per-chunk states the backward materialises
+  # the sequence-parallel forward's per-chunk states kept as residuals for the backward (no recompute)
+  keep_states: bool = True
 
   gate = "vector"  # gate kind of the shared state passes (pallas_kernels/common/triton/gates.py)
   prefix = "gla"  # kernel names

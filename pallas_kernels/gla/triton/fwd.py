@@ -106,12 +106,20 @@ def chunk_fwd(q, k, v, g, h0, doc, opts: KernelOptions):
   With few (batch·head, V tile) sequences (`blocks.fwd_parallel`) the sequential fused kernel cannot
   fill the GPU; the forward then runs `chunk_state_pass` (h entering every chunk) and the
   chunk-parallel `chunk_output` instead."""
+  o, ht, _ = chunk_fwd_states(q, k, v, g, h0, doc, opts)
+  return o, ht
+
+
+def chunk_fwd_states(q, k, v, g, h0, doc, opts: KernelOptions):
+  """`chunk_fwd`, and the per-chunk states h [B·H, N, K, V] (`opts.state_dtype`) where the forward
+  materialises them (the sequence-parallel form; None from the fused kernel, which keeps h in
+  registers): (o, final state, hs or None)."""
   if opts.blocks.fwd_parallel:
     hs, ht = chunk_state_pass(k, v, g, h0, doc, opts, final_state=True)
     o, *flags = chunk_output(q, k, v, g, hs, doc, opts)
     if flags:
       o = chunk_intra_fixup(q, k, v, g, doc, flags[0], o, opts)
-    return o, ht
+    return o, ht, hs
   B, T, H, K, V = opts.B, opts.T, opts.H, opts.K, opts.V
   BV = opts.blocks.fwd_bv
   vt = lambda j, bh: j
@@ -144,7 +152,7 @@ def chunk_fwd(q, k, v, g, h0, doc, opts: KernelOptions):
   )(*args)
   if flags:
     o = chunk_intra_fixup(q, k, v, g, doc, flags[0], o, opts)
-  return o, ht
+  return o, ht, None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,11 +23,16 @@ for the usual gates (logsigmoid(x)/16 spans ~3); otherwise "two-level" (16-token
 matmuls off the diagonal, float32 log space on diagonal blocks whose own span is large). Strong decay
 (g ≈ −20 per token) therefore stays exact, never overflows and keeps dg's cancellation-free structure.
 
-What the backward stores vs recomputes: the forward saves nothing but its inputs (q, k, v, g,
-initial_state, the document index); no states, no A. The backward recomputes h per chunk
+What the backward stores vs recomputes: the fused forward saves nothing but its inputs (q, k, v, g,
+initial_state, the document index); no states, no A. Its backward recomputes h per chunk
 (`chunk_state_pass`, reading k, v, g once more) and materialises h and dh per chunk, [B·H, N, K, V]
 each (bf16 for bf16 inputs, f32 otherwise), for the chunk-parallel `chunk_grads`; A and dA are
-recomputed there. At the GLA 1.3B layer shape (B=8, T=2048, H=4, K=256, V=512, bf16) the residuals are
+recomputed there. The sequence-parallel forward writes h of every chunk to HBM anyway (from float32
+chunk summaries); with `keep_states` (default) those states are residuals and the backward skips its
+state pass: one pass over k, v, g and one write of h less, for h [B·H, N, K, V] alive from the forward to
+the backward (2,8192,16,128,128 bf16: 134 MB per call; 1,32768,16,128,128: 268 MB). Measured on the H200
+(benchmarks/RESULTS.md, 2026-12-04): fwd+bwd 2.146 → 1.891 ms at 2,8192,16,128,128, 2.336 → 2.018 at T
+16K, 4.531 → 3.908 at T 32K. At the GLA 1.3B layer shape (B=8, T=2048, H=4, K=256, V=512, bf16) the residuals are
 the inputs (q, k, v bf16 + g f32: 8·2048·4·(256·2·2 + 512·2 + 256·4) B = 192 MiB, alive for the layer
 anyway) and the backward's transient states are 2 × 8·4·32·256·512·2 B = 512 MiB (h and dh; 1 GiB in
 f32). Storing h from the forward instead would keep 256 MiB per layer alive until the backward
@@ -55,7 +60,7 @@ from pallas_kernels.common.dispatch import Implementation
 from pallas_kernels.common.triton.gates import G_FLOOR
 from pallas_kernels.gla.triton.bwd import chunk_grads, chunk_state_grad_pass
 from pallas_kernels.gla.triton.common import C, F32, PATHS, BlockSizes, KernelOptions, padded_dim
-from pallas_kernels.gla.triton.fwd import chunk_fwd, chunk_state_pass
+from pallas_kernels.gla.triton.fwd import chunk_fwd, chunk_fwd_states, chunk_state_pass
 
 MAX_DIM = 512
 
@@ -71,15 +76,18 @@ def _chunk_gla(opts: KernelOptions, q, k, v, g, h0, doc):
 
 
 def _chunk_gla_fwd_rule(opts, q, k, v, g, h0, doc):
-  o, ht = chunk_fwd(q, k, v, g, h0, doc, opts)
-  return (o, ht), (q, k, v, g, h0, doc)
+  o, ht, hs = chunk_fwd_states(q, k, v, g, h0, doc, opts)
+  return (o, ht), (q, k, v, g, h0, doc, hs if opts.keep_states else None)
 
 
 def _chunk_gla_bwd_rule(opts, residuals, cotangents):
-  q, k, v, g, h0, doc = residuals
+  """dq, dk, dv, dg, dh0; residuals (q, k, v, g, h0, doc, hs): hs the forward's per-chunk states, or
+  None (the fused forward keeps them in registers, or `keep_states` is off) to recompute them."""
+  q, k, v, g, h0, doc, hs = residuals
   do, dht = cotangents
   do = do.astype(v.dtype)
-  hs = chunk_state_pass(k, v, g, h0, doc, opts)  # 2 (recomputed)
+  if hs is None:
+    hs = chunk_state_pass(k, v, g, h0, doc, opts)  # 2 (recomputed)
   dhs, dh0 = chunk_state_grad_pass(q, do, g, dht.astype(F32), doc, opts)  # 5
   dq, dk, dg, dv = chunk_grads(q, k, g, v, do, hs, dhs, doc, opts)  # 6, 7
   dh0 = None if h0 is None else dh0.astype(h0.dtype)
@@ -96,7 +104,8 @@ _chunk_gla.defvjp(_chunk_gla_fwd_rule, _chunk_gla_bwd_rule)
 
 def chunk_gla_triton(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
                      segment_ids=None, chunk_size=64, interpret: bool = False, path: str = "auto",
-                     block_sizes: BlockSizes | None = None, state_dtype: str | None = None):
+                     block_sizes: BlockSizes | None = None, state_dtype: str | None = None,
+                     keep_states: bool = True):
   """Chunkwise GLA with Pallas Triton kernels (`chunk_gla`'s contract; see the module docstring).
 
   Args:
@@ -112,6 +121,9 @@ def chunk_gla_triton(q, k, v, g, *, scale=None, initial_state=None, output_final
     block_sizes: tile sizes / warps (default `BlockSizes.get_default`).
     state_dtype: dtype of the per-chunk states the backward materialises (default: bf16 for bf16
       inputs, else f32).
+    keep_states: where the forward is sequence-parallel (`BlockSizes.fwd_parallel`) it writes h of
+      every chunk to HBM; keep them as residuals for the backward (default) instead of recomputing
+      them there — one state pass less, [B·H, N, K, V] in `state_dtype` alive until the backward.
 
   Returns:
     (o [B, T, H, V] in v.dtype, final_state [B, H, K, V] float32 or None); differentiable w.r.t. q, k,
@@ -128,18 +140,19 @@ def chunk_gla_triton(q, k, v, g, *, scale=None, initial_state=None, output_final
   return _chunk_gla_triton(info, q, k, v, g, scale=scale, initial_state=initial_state,
                            output_final_state=output_final_state, segment_ids=segment_ids,
                            interpret=interpret, path=path, block_sizes=block_sizes,
-                           state_dtype=state_dtype)
+                           state_dtype=state_dtype, keep_states=keep_states)
 
 
 def _chunk_gla_triton(info: CallInfo, q, k, v, g, *, scale=None, initial_state=None,
                       output_final_state=False, segment_ids=None, chunk_size=64,
                       interpret: bool = False, path: str = "auto",
-                      block_sizes: BlockSizes | None = None, state_dtype: str | None = None):
+                      block_sizes: BlockSizes | None = None, state_dtype: str | None = None,
+                      keep_states: bool = True):
   del chunk_size
   opts, (qp, kp, vp, gp, h0, doc) = prepare(q, k, v, g, info=info, scale=scale,
                                             initial_state=initial_state, segment_ids=segment_ids,
                                             interpret=interpret, path=path, block_sizes=block_sizes,
-                                            state_dtype=state_dtype)
+                                            state_dtype=state_dtype, keep_states=keep_states)
   o, ht = _chunk_gla(opts, qp, kp, vp, gp, h0, doc)
   T, K, V = q.shape[1], q.shape[3], v.shape[3]
   o = o[:, :T, :, :V]
@@ -148,7 +161,7 @@ def _chunk_gla_triton(info: CallInfo, q, k, v, g, *, scale=None, initial_state=N
 
 def prepare(q, k, v, g, *, info: CallInfo | None = None, scale=None, initial_state=None,
             segment_ids=None, chunk_size=64, interpret=False, path="auto", block_sizes=None,
-            state_dtype=None):
+            state_dtype=None, keep_states=True):
   """Checks a call (unless `info` is given) and returns (KernelOptions, the kernels' padded operands
   (q, k, v, g, h0, doc))."""
   if info is None:
@@ -167,7 +180,8 @@ def prepare(q, k, v, g, *, info: CallInfo | None = None, scale=None, initial_sta
   opts = KernelOptions(scale=default_scale(scale, K), B=B, H=H, T=Tp, K=Kp, V=Vp,
                        dtype=jnp.dtype(q.dtype).name, g_dtype=jnp.dtype(g.dtype).name,
                        has_h0=initial_state is not None, has_seg=segment_ids is not None,
-                       blocks=blocks, path=path, interpret=interpret, state_dtype=state_dtype)
+                       blocks=blocks, path=path, interpret=interpret, state_dtype=state_dtype,
+                       keep_states=bool(keep_states))
   # zero padding is inert: k = v = 0 adds nothing to the state, g = 0 does not decay it
   pad_k = lambda x: pad_axis(pad_axis(x, 1, Tp), 3, Kp)
   h0 = None

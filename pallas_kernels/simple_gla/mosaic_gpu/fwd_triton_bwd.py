@@ -75,7 +75,7 @@ def _bwd_rule(cfg, residuals, cotangents):
     dht = jnp.zeros((info.B, info.H, Kp, Vp), F32)
   else:
     dht = pad_axis(pad_axis(dht.astype(F32), 2, Kp), 3, Vp)
-  dq, dk, dv, dg, dh0, _ = triton._bwd_rule(opts, operands, (do, dht))
+  dq, dk, dv, dg, dh0, _ = triton._bwd_rule(opts, (*operands, None), (do, dht))  # hs None: recomputed
   T, K, V = info.T, info.K, info.V
   dg = dg[:, :T].astype(g.dtype) if info.gate == "scalar" else (None if g is None else jnp.zeros_like(g))
   dh0 = None if h0 is None else dh0[:, :, :K, :V].astype(h0.dtype)

@@ -90,6 +90,8 @@ class KernelOptions:
   blocks: BlockSizes
   interpret: bool = False
   state_dtype: str = "float32"  # dtype of the per-chunk states the backward materialises
+  # the sequence-parallel forward's per-chunk states kept as residuals for the backward (no recompute)
+  keep_states: bool = True
 
   prefix = "simple_gla"  # kernel names
 

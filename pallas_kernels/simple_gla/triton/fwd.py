@@ -86,9 +86,17 @@ def chunk_fwd(q, k, v, g, h0, doc, opts: KernelOptions):
   """q, k [B, T, H, K]; v [B, T, H, V]; g the gate operand (gates.py; None for "none"); h0
   [B, H, K, V] f32 or None; doc [B, T] int32 or None → o [B, T, H, V] (v.dtype), final state
   [B, H, K, V] f32. Sequence-parallel (`blocks.fwd_parallel`): state pass + `chunk_output`."""
+  o, ht, _ = chunk_fwd_states(q, k, v, g, h0, doc, opts)
+  return o, ht
+
+
+def chunk_fwd_states(q, k, v, g, h0, doc, opts: KernelOptions):
+  """`chunk_fwd`, and the per-chunk states h [B·H, N, K, V] (`opts.state_dtype`) where the forward
+  materialises them (the sequence-parallel form; None from the fused kernel, which keeps h in
+  registers): (o, final state, hs or None)."""
   if opts.blocks.fwd_parallel:
     hs, ht = shared_state.chunk_state_pass(k, v, g, h0, doc, opts, final_state=True)
-    return chunk_output(q, k, v, g, hs, doc, opts), ht
+    return chunk_output(q, k, v, g, hs, doc, opts), ht, hs
   B, T, H, K, V = opts.B, opts.T, opts.H, opts.K, opts.V
   BV = opts.blocks.fwd_bv
   vt, full = (lambda j, bh: j), (lambda j, bh: 0)
@@ -104,7 +112,7 @@ def chunk_fwd(q, k, v, g, h0, doc, opts: KernelOptions):
   if opts.has_seg:
     in_specs.append(doc_block(T, H))
     args.append(doc)
-  return pl.pallas_call(
+  o, ht = pl.pallas_call(
       functools.partial(chunk_fwd_kernel, opts=opts),
       grid=(V // BV, B * H),
       in_specs=in_specs,
@@ -115,6 +123,7 @@ def chunk_fwd(q, k, v, g, h0, doc, opts: KernelOptions):
       interpret=opts.interpret,
       name="simple_gla_chunk_fwd",
   )(*args)
+  return o, ht, None
 
 
 def chunk_output_kernel(*refs, opts: KernelOptions):
