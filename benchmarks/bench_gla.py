@@ -89,6 +89,8 @@ def _variants(shape):
     if scan != base.state_scan:
       out["scan" if scan else "fused"] = dict(block_sizes=dataclasses.replace(base, state_scan=scan))
   out["dense_diag_tf32"] = dict(block_sizes=dataclasses.replace(base, dense_diag_tf32=True))
+  if base.fwd_parallel:  # the sequence-parallel forward's states recomputed in the backward (the old way)
+    out["recompute_states"] = dict(keep_states=False)
   return out
 
 

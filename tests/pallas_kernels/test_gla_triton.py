@@ -274,3 +274,9 @@ def test_fused_forward_recomputes_the_states():
   blocks = _blocks(case, dict(fwd_parallel=False, state_scan=False))
   loss = lambda q, k, v, g: jnp.sum(chunk_gla_triton(q, k, v, g, interpret=True, block_sizes=blocks)[0] * do)
   assert str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2, 3)))(q, k, v, g)).count("gla_chunk_state_pass") == 1
+
+
+def test_keep_states_must_be_a_bool():
+  q = jnp.zeros((1, 8, 1, 16))
+  with pytest.raises(ValueError, match="keep_states must be True or False"):
+    chunk_gla_triton(q, q, q, q, interpret=True, keep_states="yes")

@@ -221,3 +221,9 @@ def test_sequence_parallel_forward_keeps_its_states_for_the_backward(gate, scan)
     if b is not None:
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
   assert_all_close(kept, reference(case), F32_TOL, skip=() if gate == "scalar" else ("dg",))
+
+
+def test_keep_states_must_be_a_bool():
+  q = jnp.zeros((1, 8, 1, 16))
+  with pytest.raises(ValueError, match="keep_states must be True or False"):
+    chunk_simple_gla_triton(q, q, q, interpret=True, keep_states=1)

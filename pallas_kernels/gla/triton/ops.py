@@ -32,11 +32,12 @@ chunk summaries); with `keep_states` (default) those states are residuals and th
 state pass: one pass over k, v, g and one write of h less, for h [B·H, N, K, V] alive from the forward to
 the backward (2,8192,16,128,128 bf16: 134 MB per call; 1,32768,16,128,128: 268 MB). Measured on the H200
 (benchmarks/RESULTS.md, 2026-12-04): fwd+bwd 2.146 → 1.891 ms at 2,8192,16,128,128, 2.336 → 2.018 at T
-16K, 4.531 → 3.908 at T 32K. At the GLA 1.3B layer shape (B=8, T=2048, H=4, K=256, V=512, bf16) the residuals are
-the inputs (q, k, v bf16 + g f32: 8·2048·4·(256·2·2 + 512·2 + 256·4) B = 192 MiB, alive for the layer
-anyway) and the backward's transient states are 2 × 8·4·32·256·512·2 B = 512 MiB (h and dh; 1 GiB in
-f32). Storing h from the forward instead would keep 256 MiB per layer alive until the backward
-(6 GiB for 24 layers) to save one state pass (~0.5 ms of ~4 ms at that shape on an H100).
+16K, 4.531 → 3.908 at T 32K. At the GLA 1.3B layer shape (B=8, T=2048, H=4, K=256, V=512, bf16; the
+fused forward) the residuals are the inputs (q, k, v bf16 + g f32: 8·2048·4·(256·2·2 + 512·2 + 256·4) B
+= 192 MiB, alive for the layer anyway) and the backward's transient states are 2 × 8·4·32·256·512·2 B =
+512 MiB (h and dh; 1 GiB in f32). Making the fused forward write h instead would keep 256 MiB per layer
+alive until the backward (6 GiB for 24 layers) to save one state pass (~0.5 ms of ~4 ms at that shape on
+an H100).
 
 Inputs: any T (padded to a multiple of 64 inside), any K and V in 16..512 (padded to a power of two up to
 64 and to a multiple of 64 above), bf16/fp16/f32 q, k, v (bf16 uses bf16 tensor-core operands, fp16 and
@@ -181,7 +182,7 @@ def prepare(q, k, v, g, *, info: CallInfo | None = None, scale=None, initial_sta
                        dtype=jnp.dtype(q.dtype).name, g_dtype=jnp.dtype(g.dtype).name,
                        has_h0=initial_state is not None, has_seg=segment_ids is not None,
                        blocks=blocks, path=path, interpret=interpret, state_dtype=state_dtype,
-                       keep_states=bool(keep_states))
+                       keep_states=_check_keep_states(keep_states))
   # zero padding is inert: k = v = 0 adds nothing to the state, g = 0 does not decay it
   pad_k = lambda x: pad_axis(pad_axis(x, 1, Tp), 3, Kp)
   h0 = None
@@ -195,6 +196,12 @@ def prepare(q, k, v, g, *, info: CallInfo | None = None, scale=None, initial_sta
   # gradient 0 (the true e^g·(…) ≈ 0). Gates ≥ G_FLOOR are passed unchanged.
   g = jnp.where(g < G_FLOOR, jnp.asarray(G_FLOOR, g.dtype), g)
   return opts, (pad_k(q), pad_k(k), pad_axis(pad_axis(v, 1, Tp), 3, Vp), pad_k(g), h0, doc)
+
+
+def _check_keep_states(keep_states) -> bool:
+  if not isinstance(keep_states, bool):
+    raise ValueError(f"keep_states must be True or False, got {keep_states!r}")
+  return keep_states
 
 
 def check_call(info: CallInfo) -> str | None:

@@ -154,7 +154,7 @@ def prepare(info: CallInfo, q, k, v, g=None, *, g_gamma=None, scale=None, initia
                        dtype=jnp.dtype(q.dtype).name, gate=info.gate, t_valid=T,
                        has_h0=initial_state is not None, has_seg=segment_ids is not None,
                        blocks=blocks, interpret=interpret, state_dtype=state_dtype,
-                       keep_states=bool(keep_states))
+                       keep_states=_check_keep_states(keep_states))
   # zero padding is inert: k = v = 0 adds nothing to the state, g = 0 does not decay it
   pad_k = lambda x: pad_axis(pad_axis(x, 1, Tp), 3, Kp)
   gate = None
@@ -169,6 +169,12 @@ def prepare(info: CallInfo, q, k, v, g=None, *, g_gamma=None, scale=None, initia
   if segment_ids is not None:  # padding continues the last document
     doc = pad_axis(doc_index(segment_ids), 1, Tp, mode="edge")
   return opts, (pad_k(q), pad_k(k), pad_axis(pad_axis(v, 1, Tp), 3, Vp), gate, h0, doc)
+
+
+def _check_keep_states(keep_states) -> bool:
+  if not isinstance(keep_states, bool):
+    raise ValueError(f"keep_states must be True or False, got {keep_states!r}")
+  return keep_states
 
 
 def check_blocks(blocks: BlockSizes, Kp: int, Vp: int) -> None:
